@@ -1,0 +1,66 @@
+"""Trainer callbacks forge_trl adds to every run: metrics.jsonl and the loss-curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append every log event as one JSON line to `<output_dir>/metrics.jsonl`."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")  # a rerun into the same directory starts a fresh file
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss(output_dir: Path, title: str) -> Path | None:
+    """Draw training (and eval, when logged) loss against step into `<output_dir>/loss.png`."""
+    records = read_metrics(output_dir)
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(*zip(*train), label="train loss", marker="." if len(train) < 40 else None)
+    if evals:
+        ax.plot(*zip(*evals), label="eval loss", marker="o")
+    finite = [v for _, v in train if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(output_dir) / PLOT_FILE
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,200 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+The top-level schema fixes the groups (`model`, `injection`, `task`, `data`) and the run-level keys. Each task
+and each injection strategy declares its own schema dataclass next to its code, subclassing `TaskConfig` or
+`InjectionConfig`; its YAML file names that schema in its defaults list (`- dpo_schema`). A misspelt key or a
+value of the wrong type therefore fails while Hydra composes the config, before any model loads.
+
+Range checks (a negative learning rate, `orpo_lambda <= 0`) live in `__post_init__`, which runs when
+`OmegaConf.to_object` turns the composed config into these dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from forge_trl.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DATA_TASKS = ("text", "sft", "preference", "prompted_preference", "prompt_only")
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError naming `key` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from and how to load it."""
+
+    # A hub id, a local HF directory, a forge checkpoint (`<run>/final`), or a built-in name
+    # (`forge-tiny`, `forge-tiny-moe`) that is built locally on first use.
+    name_or_path: str = "forge-tiny"
+    # Weight dtype: `auto` is bf16 on a GPU that supports it and fp32 otherwise.
+    dtype: str = "auto"
+    # bitsandbytes quantization of the frozen base: null, `4bit` (NF4, QLoRA) or `8bit`.
+    quantization: Optional[str] = None
+    # Remote code runs only when the user asks for it.
+    trust_remote_code: bool = False
+    # Passed to `from_pretrained` when set (`sdpa`, `eager`, `flash_attention_2`).
+    attn_implementation: Optional[str] = None
+
+    def __post_init__(self):
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
+                f"expected auto|float32|bfloat16|float16, got '{self.dtype}'")
+        require(self.quantization in (None, "4bit", "8bit"), "model.quantization",
+                f"expected null|4bit|8bit, got '{self.quantization}'")
+
+
+@dataclass
+class DataConfig:
+    """Where the training rows come from and how they are cut."""
+
+    # A JSONL file or a local HF dataset directory (`save_to_disk`). null: the built-in demo suite.
+    path: Optional[str] = None
+    # Held-out rows for evaluation during training (same layout). null: none.
+    eval_path: Optional[str] = None
+    # `raw` rows are mapped to TRL columns here; `processed` loads a dataset already in TRL's columns.
+    format: str = "raw"
+    # Row layout: text | sft | preference | prompted_preference | prompt_only. null: the task's default.
+    task: Optional[str] = None
+    # Tokens per sequence (prompt + response). Rows whose response is cut to nothing are dropped.
+    max_length: int = 512
+    # Render prompt/response rows with the tokenizer's chat template (when it has one).
+    chat_template: bool = True
+    # Use at most this many rows (after shuffling with `seed`); null: all.
+    max_rows: Optional[int] = None
+
+    def __post_init__(self):
+        require(self.format in ("raw", "processed"), "data.format", f"expected raw|processed, got '{self.format}'")
+        require(self.task is None or self.task in DATA_TASKS, "data.task",
+                f"expected one of {'|'.join(DATA_TASKS)}, got '{self.task}'")
+        require(self.max_length > 0, "data.max_length", f"must be positive, got {self.max_length}")
+        require(self.max_rows is None or self.max_rows > 0, "data.max_rows", "must be positive")
+
+
+@dataclass
+class InjectionConfig:
+    """Base of every injection schema: how trainable parameters are added to the model."""
+
+    name: str = MISSING
+
+
+@dataclass
+class TaskConfig:
+    """Base of every task schema: the TrainingArguments keys every task shares.
+
+    Each field maps onto the TRL config of the same name.
+    """
+
+    name: str = MISSING
+    # Stop after this many optimizer steps; -1 means `num_train_epochs` decides.
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 10
+    # Intermediate checkpoints every N steps (0: none). `final/` is always written.
+    save_steps: int = 0
+    save_total_limit: Optional[int] = 2
+    eval_steps: Optional[int] = None
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    # Train every weight of the model instead of an injection (pretraining, full fine-tuning).
+    full_parameter: bool = False
+    # Extra keyword arguments for the TRL config class, for options forge_trl does not name.
+    trl_args: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        require(self.learning_rate > 0, "task.learning_rate", f"must be positive, got {self.learning_rate}")
+        require(self.per_device_train_batch_size > 0, "task.per_device_train_batch_size", "must be positive")
+        require(self.gradient_accumulation_steps > 0, "task.gradient_accumulation_steps", "must be positive")
+        require(self.max_steps == -1 or self.max_steps > 0, "task.max_steps", "must be -1 or positive")
+        require(self.num_train_epochs > 0, "task.num_train_epochs", "must be positive")
+        require(self.logging_steps > 0, "task.logging_steps", "must be positive")
+        require(self.save_steps >= 0, "task.save_steps", "must be >= 0")
+
+
+@dataclass
+class ForgeConfig:
+    """One forge_trl run: the four config groups plus run-level keys."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    injection: Any = MISSING
+    task: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    # The run writes `${output_dir}/final/` (plus metrics.jsonl, loss.png, intermediate checkpoints).
+    output_dir: str = "outputs/${task.name}"
+    # Replace an existing `final/` instead of refusing to start.
+    overwrite: bool = False
+    seed: int = 42
+    # auto: bf16 where the hardware supports it, fp32 on CPU.
+    precision: str = "auto"
+    # Where the trainer reports metrics besides metrics.jsonl (`none`, `tensorboard`, `wandb`, ...).
+    report_to: str = "none"
+    # Draw loss.png at the end of training.
+    plot: bool = True
+
+    def __post_init__(self):
+        require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
+
+
+SCHEMA_SUFFIX = "_schema"
+
+
+def register_configs() -> None:
+    """Register the top-level schema and every task/injection schema with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from forge_trl.injection import INJECTIONS
+    from forge_trl.tasks import TASKS
+
+    cs = ConfigStore.instance()
+    cs.store(name="forge_schema", node=ForgeConfig)
+    cs.store(group="model", name="model" + SCHEMA_SUFFIX, node=ModelConfig)
+    cs.store(group="data", name="data" + SCHEMA_SUFFIX, node=DataConfig)
+    for name, task in TASKS.items():
+        cs.store(group="task", name=name + SCHEMA_SUFFIX, node=task.schema)
+    for name, strategy in INJECTIONS.items():
+        cs.store(group="injection", name=name + SCHEMA_SUFFIX, node=strategy.schema)
+
+
+def to_typed(cfg) -> ForgeConfig:
+    """Turn a composed DictConfig into schema dataclasses, running each schema's range checks."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(describe_omegaconf_error(exc)) from None
+
+
+def describe_omegaconf_error(exc: BaseException) -> str:
+    """One line from an OmegaConf/Hydra exception chain: the key and what was wrong."""
+    chain, node = [], exc
+    while node is not None and node not in chain:
+        if isinstance(node, ConfigError):
+            return str(node)
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    keyed = next((e for e in chain if getattr(e, "full_key", None)), None)
+    source = keyed or chain[-1]
+    msg = (getattr(source, "msg", None) or str(source)).strip()
+    first = msg.splitlines()[0] if msg else type(source).__name__
+    key = getattr(source, "full_key", None)
+    if key and " not in " in first:
+        return f"unknown config key '{key}' ({first})"
+    if key:
+        return f"{key}: {first}"
+    return first

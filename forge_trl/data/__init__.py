@@ -1,0 +1,1 @@
+"""Raw rows -> TRL columns: reading files, field layouts, the empty-label filter and the demo suite."""

@@ -1,0 +1,98 @@
+"""From `data.*` settings to the train/eval `datasets.Dataset` a task hands to its TRL trainer."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+from forge_trl.config import DataConfig
+from forge_trl.data.demo import DEMO_FILES, ensure_demo_suite
+from forge_trl.data.filters import filter_empty_labels
+from forge_trl.data.formats import to_trl_columns
+from forge_trl.data.rows import Row, read_rows
+from forge_trl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# Columns a `data.format=processed` dataset must already have, per layout.
+PROCESSED_COLUMNS = {
+    "text": [("text",)],
+    "sft": [("prompt", "completion"), ("text",), ("messages",)],
+    "preference": [("chosen", "rejected")],
+    "prompted_preference": [("prompt", "chosen", "rejected")],
+    "prompt_only": [("prompt",)],
+}
+
+
+@dataclass
+class PreparedData:
+    train: object
+    eval: object | None
+    layout: str
+    stats: dict = field(default_factory=dict)
+
+
+def resolve_layout(task, data: DataConfig) -> str:
+    """`data.task`, or the task's default layout; a ConfigError when the task cannot train on it."""
+    layout = data.task or task.data_layouts[0]
+    if layout not in task.data_layouts:
+        raise ConfigError(
+            f"data.task={layout} does not suit task={task.name}; expected data.task="
+            f"{'|'.join(task.data_layouts)}"
+        )
+    return layout
+
+
+def resolve_paths(data: DataConfig, layout: str) -> tuple[str, str | None]:
+    """(train path, eval path); the built-in demo suite when `data.path` is null."""
+    if data.path is not None:
+        return data.path, data.eval_path
+    files = ensure_demo_suite()
+    return str(files[DEMO_FILES[layout]]), data.eval_path
+
+
+def _convert(rows: list[Row], layout: str, data: DataConfig, chat: bool) -> list[dict]:
+    if data.format == "raw":
+        return [to_trl_columns(row, layout, chat) for row in rows]
+    for row in rows:
+        if not any(all(c in row.data for c in cols) for cols in PROCESSED_COLUMNS[layout]):
+            expected = " or ".join("{" + ", ".join(c) + "}" for c in PROCESSED_COLUMNS[layout])
+            raise DataError(f"processed {layout} row needs columns {expected}", path=row.path, line=row.line)
+    return [row.data for row in rows]
+
+
+def load_split(path: str, layout: str, data: DataConfig, tokenizer, *, shuffle_limit: bool) -> tuple[list, int, int]:
+    """Rows of one file as TRL columns, empty labels filtered: (rows, rows read, rows filtered)."""
+    rows = read_rows(path)
+    if shuffle_limit and data.max_rows is not None and len(rows) > data.max_rows:
+        rows = random.Random(0).sample(rows, data.max_rows)
+    chat = data.chat_template and bool(getattr(tokenizer, "chat_template", None))
+    if data.chat_template and not chat:
+        log.warning("tokenizer has no chat template; prompt and response are joined as plain text")
+    converted = _convert(rows, layout, data, chat)
+    sources = [f"{row.path}:{row.line}" for row in rows]
+    kept, _, dropped = filter_empty_labels(converted, sources, tokenizer, data.max_length)
+    if not kept:
+        raise DataError(
+            f"all {len(rows)} rows have an empty response after truncation to data.max_length={data.max_length}; "
+            "raise data.max_length or shorten the prompts",
+            path=path,
+        )
+    return kept, len(rows), dropped
+
+
+def prepare_data(task, data: DataConfig, tokenizer) -> PreparedData:
+    from datasets import Dataset
+
+    layout = resolve_layout(task, data)
+    train_path, eval_path = resolve_paths(data, layout)
+    train_rows, read, dropped = load_split(train_path, layout, data, tokenizer, shuffle_limit=True)
+    stats = {"train_path": train_path, "train_rows": len(train_rows), "rows_read": read, "filtered_empty": dropped}
+    eval_ds = None
+    if eval_path is not None:
+        eval_rows, _, eval_dropped = load_split(eval_path, layout, data, tokenizer, shuffle_limit=False)
+        eval_ds = Dataset.from_list(eval_rows)
+        stats.update(eval_path=eval_path, eval_rows=len(eval_rows), eval_filtered_empty=eval_dropped)
+    log.info("data: %d training rows from %s (%s layout)", len(train_rows), train_path, layout)
+    return PreparedData(Dataset.from_list(train_rows), eval_ds, layout, stats)

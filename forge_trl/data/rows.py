@@ -1,0 +1,68 @@
+"""Reading raw rows from a JSONL file or a local HF dataset directory, each tagged with where it came from.
+
+Every row keeps its source (file and 1-based line, or dataset row number) so that a later validation error
+can name it. A UTF-8 BOM, CRLF line endings and blank lines are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_trl.errors import DataError
+
+
+@dataclass
+class Row:
+    data: dict
+    path: str
+    line: int  # 1-based line in a JSONL file, or 1-based row number in a dataset directory
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError("file not found; set data.path to a JSONL file or a dataset directory", path=str(path))
+    rows = _read_dataset_dir(path) if path.is_dir() else _read_jsonl(path)
+    if not rows:
+        raise DataError("no rows; expected one JSON object per line", path=str(path))
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", path=str(path)) from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=str(path), line=number)
+        rows.append(Row(obj, str(path), number))
+    return rows
+
+
+def _read_dataset_dir(path: Path) -> list[Row]:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(
+            f"not a dataset directory ({str(exc).splitlines()[0]}); expected a JSONL file or a directory "
+            "written by Dataset.save_to_disk",
+            path=str(path),
+        ) from None
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            raise DataError(f"dataset has splits {list(dataset)}, expected a 'train' split", path=str(path))
+        dataset = dataset["train"]
+    assert isinstance(dataset, Dataset)
+    return [Row(dict(item), str(path), index + 1) for index, item in enumerate(dataset)]

@@ -1,0 +1,40 @@
+"""User-facing errors.
+
+A ForgeError is something the user can fix: a config key, a data row, a path, an incompatible choice.
+The CLI prints it on one line and exits with status 2; tracebacks are reserved for our own bugs.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class ForgeError(Exception):
+    """An error caused by user input, reported as one line without a traceback."""
+
+    kind = "error"
+
+    def one_line(self) -> str:
+        text = " ".join(str(self).split())
+        return f"forge_trl: {self.kind}: {text}"
+
+
+class ConfigError(ForgeError):
+    kind = "config error"
+
+
+class DataError(ForgeError):
+    kind = "data error"
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}" if line is not None else str(path)
+        if field is not None:
+            where = f"{where} field '{field}'" if where else f"field '{field}'"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path, self.line, self.field = path, line, field
+
+
+class ModelError(ForgeError):
+    kind = "model error"

@@ -1,0 +1,69 @@
+"""The injection contract.
+
+An injection takes a loaded base model and returns a model that TRL can train, plus named parameter groups
+(`lora`, `attn_lora`, `router`, `base_ffn`, `score`, ...) that phase schedules and tests refer to. It also
+knows how to save its trainable delta as safetensors, how to restore it into a freshly injected model (for
+chained stages), and how to produce a plain HF model for evaluation and export.
+
+Reference passes (DPO, PPO) run the input checkpoint without the delta trained in this stage. PEFT-based
+strategies get this from TRL: a PeftModel with a trained adapter is given a frozen copy named `ref`, and a
+fresh adapter is disabled. Custom modules must honour the same mechanism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from forge_trl.config import InjectionConfig
+
+HEAD_CAUSAL_LM = "causal_lm"
+HEAD_SEQ_CLS = "seq_cls"
+
+
+class Injection(ABC):
+    """One injection strategy, configured by its schema dataclass."""
+
+    name: ClassVar[str]
+    schema: ClassVar[type[InjectionConfig]]
+    # False for strategies that leave a complete HF model in `final/` (full fine-tuning).
+    is_adapter: ClassVar[bool] = True
+
+    def __init__(self, cfg: InjectionConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Injection":
+        """Rebuild from the `injection` block of a checkpoint's forge_run.json."""
+        known = {f.name for f in dataclasses.fields(cls.schema)}
+        return cls(cls.schema(**{k: v for k, v in settings.items() if k in known}))
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    def preflight(self, model: torch.nn.Module) -> None:
+        """Raise ConfigError when this strategy cannot apply to `model` (before any training)."""
+
+    @abstractmethod
+    def apply(self, model: torch.nn.Module, head: str) -> torch.nn.Module:
+        """Inject fresh trainable parameters and freeze what this strategy keeps frozen."""
+
+    @abstractmethod
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
+        """Group name -> names of the parameters in it (trainable or not)."""
+
+    @abstractmethod
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Write the weights this strategy owns into `out_dir` (safetensors only)."""
+
+    @abstractmethod
+    def load_weights(self, model: torch.nn.Module, ckpt_dir: Path) -> None:
+        """Restore weights saved by `save` into a model that `apply` produced."""
+
+    @abstractmethod
+    def merged(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A plain transformers model computing the same function, for evaluation and export."""

@@ -1,0 +1,1 @@
+"""Model loading, the locally built tiny models, and forge checkpoints."""

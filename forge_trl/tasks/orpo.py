@@ -1,0 +1,42 @@
+"""`task=orpo`: odds-ratio preference optimisation (TRL's experimental ORPOTrainer).
+
+Loss = NLL(chosen) + orpo_lambda * odds-ratio loss, with per-token average log-probs, and no reference model.
+`orpo_lambda` is TRL's `ORPOConfig.beta`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from forge_trl.config import TaskConfig, require
+from forge_trl.tasks import TASKS
+from forge_trl.tasks.base import Task, TaskContext
+
+
+@dataclass
+class ORPOTaskConfig(TaskConfig):
+    name: str = "orpo"
+    learning_rate: float = 8e-6
+    # Weight of the odds-ratio term: 0.1-0.3 after SFT on small data, up to 1.0 for standalone ORPO.
+    orpo_lambda: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.orpo_lambda > 0, "task.orpo_lambda", f"must be positive, got {self.orpo_lambda}")
+
+
+@TASKS.register("orpo")
+class ORPOTask(Task):
+    name = "orpo"
+    schema = ORPOTaskConfig
+    data_layouts = ("prompted_preference", "preference")
+
+    def task_args(self, ctx: TaskContext) -> dict:
+        return dict(beta=ctx.cfg.task.orpo_lambda, max_length=ctx.cfg.data.max_length)
+
+    def trl_classes(self):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer

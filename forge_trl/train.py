@@ -1,0 +1,138 @@
+"""One forge_trl run, top to bottom:
+
+config -> preflight -> tokenizer + data -> model + injection -> TRL trainer -> train -> final/ (atomic).
+
+Every pipeline stage is this flow with a different `task`; chaining is `model.name_or_path=<run>/final`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from forge_trl.config import ForgeConfig, to_typed
+from forge_trl.errors import ConfigError
+from forge_trl.injection import get_injection
+from forge_trl.injection.base import Injection
+from forge_trl.injection.full import FullConfig, FullInjection
+from forge_trl.models.loading import ModelSource, resolve_precision, resolve_source
+from forge_trl.tasks import get_task
+
+log = logging.getLogger("forge_trl")
+
+
+def choose_injection(cfg: ForgeConfig, source: ModelSource) -> Injection:
+    """The injection this run trains with. A chained checkpoint's own injection wins over the config's."""
+    if cfg.task.full_parameter:
+        if cfg.injection.name not in ("full", "dense_lora"):
+            log.info("task.full_parameter=true: training every weight; injection=%s is not used", cfg.injection.name)
+        return FullInjection(FullConfig())
+    requested = get_injection(cfg.injection.name)(cfg.injection)
+    from_checkpoint = source.checkpoint_injection
+    if from_checkpoint is None:
+        return requested
+    if from_checkpoint.settings() != requested.settings():
+        ours, theirs = requested.settings(), from_checkpoint.settings()
+        differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        log.warning(
+            "model.name_or_path is a %s checkpoint; its injection settings win over the config's (%s)",
+            from_checkpoint.name,
+            ", ".join(f"{k}: {theirs.get(k)!r} instead of {ours.get(k)!r}" for k in differing),
+        )
+    return from_checkpoint
+
+
+def prepare_output_dir(cfg: ForgeConfig) -> Path:
+    output_dir = Path(cfg.output_dir)
+    final = output_dir / "final"
+    if final.exists() and not cfg.overwrite:
+        raise ConfigError(f"{final} already exists; pass overwrite=true to replace it, or set another output_dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def trainable_summary(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def run(raw_cfg) -> Path:
+    """Train one stage as configured and return the path of its `final/` checkpoint."""
+    cfg = to_typed(raw_cfg)
+    task = get_task(cfg.task.name)()
+
+    # Preflight: everything that can be checked without weights fails here, before a model loads.
+    from forge_trl.data.dataset import prepare_data, resolve_layout
+
+    resolve_layout(task, cfg.data)
+    output_dir = prepare_output_dir(cfg)
+    source = resolve_source(cfg.model.name_or_path)
+    injection = choose_injection(cfg, source)
+
+    from transformers import set_seed
+
+    from forge_trl.callbacks import MetricsFileCallback, plot_loss
+    from forge_trl.models.checkpoint import write_final
+    from forge_trl.models.loading import load_injected, load_tokenizer
+    from forge_trl.tasks.base import TaskContext
+
+    set_seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    tokenizer = load_tokenizer(source.tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
+    data = prepare_data(task, cfg.data, tokenizer)
+    model = load_injected(source, injection, task.head, cfg.model, precision, tokenizer)
+    trainable, total = trainable_summary(model)
+    log.info(
+        "task=%s injection=%s model=%s precision=%s: %s of %s parameters trainable (%.2f%%)",
+        task.name, injection.name, source.requested, precision, f"{trainable:,}", f"{total:,}",
+        100.0 * trainable / max(total, 1),
+    )
+
+    ctx = TaskContext(
+        cfg=cfg,
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        output_dir=output_dir,
+        precision=precision,
+        callbacks=[MetricsFileCallback(output_dir)],
+    )
+    trainer = task.build_trainer(ctx)
+    result = trainer.train()
+    metrics = dict(result.metrics)
+    last_loss = next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None)
+    if last_loss is not None:
+        metrics["last_loss"] = last_loss
+        if not math.isfinite(last_loss):
+            log.warning("the last logged loss is %s", last_loss)
+
+    trained = trainer.model
+    run_info = {
+        "task": task.name,
+        "head": task.head,
+        "base_model": source.base_id,
+        "parent": str(Path(source.checkpoint).resolve()) if source.checkpoint else None,
+        "injection": injection.settings() if injection.is_adapter else {"name": "full"},
+        "model": OmegaConf.to_container(raw_cfg.model, resolve=True),
+        "precision": precision,
+        "step": trainer.state.global_step,
+        "metrics": metrics,
+        "data": data.stats,
+    }
+    final = write_final(
+        output_dir,
+        save_weights=lambda tmp: injection.save(trained, tmp),
+        tokenizer=tokenizer,
+        resolved_config_yaml=OmegaConf.to_yaml(raw_cfg, resolve=True),
+        run_info=run_info,
+        overwrite=cfg.overwrite,
+    )
+    if cfg.plot:
+        plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
+    log.info("wrote %s", final)
+    return final
