@@ -1,0 +1,79 @@
+"""Bad input fails before training with one line naming file:line or the key, exit code 2, no traceback and
+no final/ left behind."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+GOOD_SFT = {"prompt": "What is 1 plus 1?", "response": "2"}
+
+
+def jsonl(*rows) -> str:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+# name -> (file content or None, extra overrides, fragment the error line must contain)
+CASES = {
+    "broken_json": (jsonl(GOOD_SFT, '{"prompt": "x", "response": '), ["task=sft"], "data.jsonl:2: invalid JSON"),
+    "missing_field": (jsonl(GOOD_SFT, {"prompt": "x"}), ["task=sft"], "data.jsonl:2 field 'response': missing field"),
+    "non_string_field": (jsonl({"prompt": "x", "response": 7}), ["task=sft"],
+                         "data.jsonl:1 field 'response': expected a string, got int"),
+    "empty_file": ("", ["task=sft"], "data.jsonl: no rows"),
+    "not_an_object": (jsonl('["x", "y"]'), ["task=sft"], "data.jsonl:1: expected a JSON object"),
+    "empty_rejected": (jsonl({"prompt": "x", "chosen": "a", "rejected": ""}), ["task=dpo"],
+                       "data.jsonl:1 field 'rejected': is empty"),
+    "bad_message_role": (jsonl({"messages": [{"role": "bot", "content": "x"}]}), ["task=sft"],
+                         "data.jsonl:1 field 'messages[0]': role 'bot'"),
+    "wrong_data_task": (jsonl(GOOD_SFT), ["task=dpo", "data.task=sft"], "data.task=sft does not suit task=dpo"),
+    "missing_data_path": (None, ["task=sft", "data.path=does/not/exist.jsonl"], "does/not/exist.jsonl: file not found"),
+    "unknown_key": (None, ["task=sft", "task.lerning_rate=1e-4"], "unknown config key 'task.lerning_rate'"),
+    "wrong_type": (None, ["task=sft", "task.max_steps=many"], "task.max_steps: Value 'many'"),
+    "unknown_task": (None, ["task=ppoo"], "unknown task 'ppoo'; available:"),
+    "unknown_injection": (None, ["injection=lora_magic"], "unknown injection 'lora_magic'"),
+    "negative_lr": (None, ["task=sft", "task.learning_rate=-1e-4"], "task.learning_rate: must be positive"),
+    "negative_beta": (None, ["task=dpo", "task.beta=-0.1"], "task.beta: must be positive"),
+    "zero_orpo_lambda": (None, ["task=orpo", "task.orpo_lambda=0"], "task.orpo_lambda: must be positive"),
+    "missing_model": (None, ["task=sft", "model.name_or_path=./no/such/model"], "'./no/such/model' does not exist"),
+    "not_a_model_dir": (None, ["task=sft", "model.name_or_path=."], "is not a model directory (no config.json)"),
+    "bad_target_keyword": (None, ["task=sft", "injection.target_keywords=[nope_proj]"],
+                           "injection.target_keywords: 'nope_proj' matches no layer"),
+    "all_rows_truncated": (jsonl({"prompt": "word " * 200, "response": "2"}), ["task=sft", "data.max_length=16"],
+                           "all 1 rows have an empty response"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_line_error_and_exit_2(name, tmp_path):
+    content, overrides, fragment = CASES[name]
+    args = [f"output_dir={tmp_path / 'run'}", "task.max_steps=2", *overrides]
+    if content is not None:
+        (tmp_path / "data.jsonl").write_text(content, encoding="utf-8")
+        args.append(f"data.path={tmp_path / 'data.jsonl'}")
+    result = run_cli(*args, cwd=tmp_path if name != "not_a_model_dir" else None)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    assert fragment in error_lines[0], error_lines[0]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_existing_final_is_not_overwritten(tmp_path):
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "marker").write_text("keep me")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1")
+    assert result.returncode == 2
+    assert "already exists; pass overwrite=true" in result.stderr
+    assert (final / "marker").read_text() == "keep me"
+
+
+def test_bom_crlf_and_trailing_blank_line_load(tmp_path):
+    rows = jsonl(GOOD_SFT, {"prompt": "What is 2 plus 2?", "response": "4"}).replace("\n", "\r\n")
+    (tmp_path / "data.jsonl").write_text("\ufeff" + rows + "\r\n", encoding="utf-8")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1",
+                     f"data.path={tmp_path / 'data.jsonl'}", "plot=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "final" / "forge_run.json").is_file()
