@@ -62,9 +62,15 @@ def precheck(argv: list[str]) -> None:
     to_typed(compose(overrides))
 
 
+def quiet_third_party_logs() -> None:
+    """bitsandbytes warns at import on CPU-only machines about an optional kernel package; it is harmless."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def _hydra_app(cfg) -> None:
     from forge_trl.train import run
 
+    quiet_third_party_logs()
     try:
         run(cfg)
     except ForgeError as exc:

@@ -37,14 +37,18 @@ def run_stage(name: str, overrides: list[str], out_root: Path, parent: Path | No
     return run(compose(args))
 
 
-def evaluate(checkpoints: dict[str, Path], limit: int | None) -> list[dict]:
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def evaluate(checkpoints: dict[str, Path], limit: int | None) -> tuple[list[dict], int, int]:
+    """One row per stage on the held-out split; also returns the numbers of prompts and pairs used."""
     from forge_trl.bench.metrics import generate, preference_accuracy
     from forge_trl.data.demo import answer_first, check_answer, ensure_demo_suite
     from forge_trl.models.loading import load_for_inference
 
     files = ensure_demo_suite()
-    read = lambda p: [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]  # noqa: E731
-    sft_rows, pref_rows = read(files["sft_heldout"]), read(files["preference_heldout"])
+    sft_rows, pref_rows = read_jsonl(files["sft_heldout"]), read_jsonl(files["preference_heldout"])
     if limit:
         sft_rows, pref_rows = sft_rows[:limit], pref_rows[:limit]
     table = []
@@ -58,7 +62,7 @@ def evaluate(checkpoints: dict[str, Path], limit: int | None) -> list[dict]:
             "preference_accuracy": preference_accuracy(model, tokenizer, pref_rows),
             "example": f"{sft_rows[0]['prompt']} -> {responses[0]!r}",
         })
-    return table
+    return table, len(sft_rows), len(pref_rows)
 
 
 def print_table(table: list[dict], n_sft: int, n_pref: int) -> None:
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/demo", help="directory for the three runs")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N held-out rows")
     args = parser.parse_args(argv)
+    from forge_trl.cli import quiet_third_party_logs
+
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    quiet_third_party_logs()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_root = Path(args.out)
     started = time.time()
@@ -85,14 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         parent = run_stage(name, overrides, out_root, parent)
         checkpoints[name] = parent
     trained = time.time() - started
-    table = evaluate(checkpoints, args.eval_limit)
-    from forge_trl.data.demo import ensure_demo_suite
-
-    files = ensure_demo_suite()
-    count = lambda p: sum(1 for line in Path(p).read_text().splitlines() if line.strip())  # noqa: E731
-    n_sft, n_pref = count(files["sft_heldout"]), count(files["preference_heldout"])
-    print_table(table, min(n_sft, args.eval_limit or n_sft), min(n_pref, args.eval_limit or n_pref))
-    print(f"\ntraining {trained:.0f} s, total {time.time() - started:.0f} s; checkpoints under {out_root}/")
+    table, n_sft, n_pref = evaluate(checkpoints, args.eval_limit)
+    print_table(table, n_sft, n_pref)
+    print(f"\ntraining {trained:.0f} s, with evaluation {time.time() - started:.0f} s; checkpoints under {out_root}/")
     summary = {"stages": table, "train_seconds": trained, "total_seconds": time.time() - started}
     (out_root / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -27,8 +27,8 @@ log = logging.getLogger("forge_trl")
 def choose_injection(cfg: ForgeConfig, source: ModelSource) -> Injection:
     """The injection this run trains with. A chained checkpoint's own injection wins over the config's."""
     if cfg.task.full_parameter:
-        if cfg.injection.name not in ("full", "dense_lora"):
-            log.info("task.full_parameter=true: training every weight; injection=%s is not used", cfg.injection.name)
+        if cfg.injection.name != "full":
+            log.info("task.full_parameter=true: training every weight; injection=%s is not applied", cfg.injection.name)
         return FullInjection(FullConfig())
     requested = get_injection(cfg.injection.name)(cfg.injection)
     from_checkpoint = source.checkpoint_injection

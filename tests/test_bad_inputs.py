@@ -39,6 +39,8 @@ CASES = {
     "not_a_model_dir": (None, ["task=sft", "model.name_or_path=."], "is not a model directory (no config.json)"),
     "bad_target_keyword": (None, ["task=sft", "injection.target_keywords=[nope_proj]"],
                            "injection.target_keywords: 'nope_proj' matches no layer"),
+    "unknown_trl_arg": (None, ["task=sft", "+task.trl_args.not_a_field=1"],
+                        "task.trl_args: SFTConfig has no field 'not_a_field'"),
     "all_rows_truncated": (jsonl({"prompt": "word " * 200, "response": "2"}), ["task=sft", "data.max_length=16"],
                            "all 1 rows have an empty response"),
 }

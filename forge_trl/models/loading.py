@@ -122,7 +122,7 @@ def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
     kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=True)
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
-    quant = quantization_config(model_cfg.quantization, dtype if dtype != torch.float16 else torch.float16)
+    quant = quantization_config(model_cfg.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
