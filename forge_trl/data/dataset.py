@@ -62,17 +62,17 @@ def _convert(rows: list[Row], layout: str, data: DataConfig, chat: bool) -> list
     return [row.data for row in rows]
 
 
-def load_split(path: str, layout: str, data: DataConfig, tokenizer, *, shuffle_limit: bool) -> tuple[list, int, int]:
+def load_split(path: str, layout: str, data: DataConfig, tokenizer, *, apply_max_rows: bool) -> tuple[list, int, int]:
     """Rows of one file as TRL columns, empty labels filtered: (rows, rows read, rows filtered)."""
     rows = read_rows(path)
-    if shuffle_limit and data.max_rows is not None and len(rows) > data.max_rows:
+    if apply_max_rows and data.max_rows is not None and len(rows) > data.max_rows:
         rows = random.Random(0).sample(rows, data.max_rows)
     chat = data.chat_template and bool(getattr(tokenizer, "chat_template", None))
     if data.chat_template and not chat:
         log.warning("tokenizer has no chat template; prompt and response are joined as plain text")
     converted = _convert(rows, layout, data, chat)
     sources = [f"{row.path}:{row.line}" for row in rows]
-    kept, _, dropped = filter_empty_labels(converted, sources, tokenizer, data.max_length)
+    kept, dropped = filter_empty_labels(converted, sources, tokenizer, data.max_length)
     if not kept:
         raise DataError(
             f"all {len(rows)} rows have an empty response after truncation to data.max_length={data.max_length}; "
@@ -87,11 +87,11 @@ def prepare_data(task, data: DataConfig, tokenizer) -> PreparedData:
 
     layout = resolve_layout(task, data)
     train_path, eval_path = resolve_paths(data, layout)
-    train_rows, read, dropped = load_split(train_path, layout, data, tokenizer, shuffle_limit=True)
+    train_rows, read, dropped = load_split(train_path, layout, data, tokenizer, apply_max_rows=True)
     stats = {"train_path": train_path, "train_rows": len(train_rows), "rows_read": read, "filtered_empty": dropped}
     eval_ds = None
     if eval_path is not None:
-        eval_rows, _, eval_dropped = load_split(eval_path, layout, data, tokenizer, shuffle_limit=False)
+        eval_rows, _, eval_dropped = load_split(eval_path, layout, data, tokenizer, apply_max_rows=False)
         eval_ds = Dataset.from_list(eval_rows)
         stats.update(eval_path=eval_path, eval_rows=len(eval_rows), eval_filtered_empty=eval_dropped)
     log.info("data: %d training rows from %s (%s layout)", len(train_rows), train_path, layout)

@@ -46,8 +46,10 @@ def response_token_budget(rows: list[dict], tokenizer, max_length: int) -> list[
     return budget
 
 
-def filter_empty_labels(rows: list[dict], sources: list, tokenizer, max_length: int) -> tuple[list[dict], list, int]:
-    """Drop rows whose response is truncated to zero tokens; returns (rows, sources, number dropped)."""
+def filter_empty_labels(rows: list[dict], sources: list[str], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Drop rows whose response is truncated to zero tokens; returns (kept rows, number dropped).
+
+    `sources` names each row (file:line) so the log can point at the first dropped one."""
     budget = response_token_budget(rows, tokenizer, max_length)
     keep = [i for i, tokens in enumerate(budget) if tokens > 0]
     dropped = len(rows) - len(keep)
@@ -57,4 +59,4 @@ def filter_empty_labels(rows: list[dict], sources: list, tokenizer, max_length: 
             "filtered %d rows with empty labels (response truncated to 0 tokens by data.max_length=%d; first: %s)",
             dropped, max_length, first,
         )
-    return [rows[i] for i in keep], [sources[i] for i in keep], dropped
+    return [rows[i] for i in keep], dropped
