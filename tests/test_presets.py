@@ -39,3 +39,31 @@ def test_preset_composes_and_loads_local_model_of_its_architecture(preset, tmp_p
     batch = tokenizer(["What is 3 plus 4?"], return_tensors="pt")
     logits = model(**batch).logits
     assert logits.shape[-1] == TINY["vocab_size"] and torch.isfinite(logits).all()
+
+
+def test_tiny_moe_builds_and_takes_dense_lora():
+    from forge_trl.config import ModelConfig
+
+    source = resolve_source("forge-tiny-moe")
+    tokenizer = load_tokenizer(source.tokenizer_path)
+    injection = DenseLoraInjection(DenseLoraConfig(r=4, target_keywords=["q_proj", "v_proj"]))
+    model = load_injected(source, injection, "causal_lm", ModelConfig(dtype="float32"), "fp32", tokenizer)
+    assert model.config.model_type == "qwen3_moe" and model.config.num_experts == 8
+    logits = model(**tokenizer(["What is 3 plus 4?"], return_tensors="pt")).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_4bit_quantized_base_trains_lora_on_cpu():
+    from forge_trl.config import ModelConfig
+
+    source = resolve_source("forge-tiny")
+    tokenizer = load_tokenizer(source.tokenizer_path)
+    injection = DenseLoraInjection(DenseLoraConfig(r=4))
+    model = load_injected(source, injection, "causal_lm", ModelConfig(dtype="float32", quantization="4bit"), "fp32",
+                          tokenizer)
+    assert getattr(model, "is_loaded_in_4bit", False)
+    batch = tokenizer(["What is 3 plus 4? 7"], return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    lora = [p for n, p in model.named_parameters() if "lora_B" in n]  # B starts at zero, so only B gets a gradient
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
