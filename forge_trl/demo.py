@@ -37,18 +37,16 @@ def run_stage(name: str, overrides: list[str], out_root: Path, parent: Path | No
     return run(compose(args))
 
 
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def evaluate(checkpoints: dict[str, Path], limit: int | None) -> tuple[list[dict], int, int]:
     """One row per stage on the held-out split; also returns the numbers of prompts and pairs used."""
     from forge_trl.bench.metrics import generate, preference_accuracy
     from forge_trl.data.demo import answer_first, check_answer, ensure_demo_suite
+    from forge_trl.data.rows import read_rows
     from forge_trl.models.loading import load_for_inference
 
     files = ensure_demo_suite()
-    sft_rows, pref_rows = read_jsonl(files["sft_heldout"]), read_jsonl(files["preference_heldout"])
+    sft_rows = [row.data for row in read_rows(files["sft_heldout"])]
+    pref_rows = [row.data for row in read_rows(files["preference_heldout"])]
     if limit:
         sft_rows, pref_rows = sft_rows[:limit], pref_rows[:limit]
     table = []

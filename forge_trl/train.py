@@ -68,7 +68,7 @@ def run(raw_cfg) -> Path:
     # Preflight: everything that can be checked without weights fails here, before a model loads.
     from forge_trl.data.dataset import prepare_data, resolve_layout
 
-    resolve_layout(task, cfg.data)
+    layout = resolve_layout(task, cfg.data)
     output_dir = prepare_output_dir(cfg)
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
@@ -83,7 +83,7 @@ def run(raw_cfg) -> Path:
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     tokenizer = load_tokenizer(source.tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
-    data = prepare_data(task, cfg.data, tokenizer)
+    data = prepare_data(layout, cfg.data, tokenizer)
     model = load_injected(source, injection, task.head, cfg.model, precision, tokenizer)
     trainable, total = trainable_summary(model)
     log.info(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from forge_trl.callbacks import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,11 +38,6 @@ def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300) -> sub
         timeout=timeout,
         env={**os.environ, "HYDRA_FULL_ERROR": "0"},
     )
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def train_losses(output_dir: Path) -> list[float]:

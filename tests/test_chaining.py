@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import read_metrics
+from forge_trl.callbacks import read_metrics
 from forge_trl.cli import compose
 from forge_trl.config import ModelConfig
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection

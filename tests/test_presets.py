@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from forge_trl.cli import compose
-from forge_trl.config import to_typed
+from forge_trl.config import ModelConfig, to_typed
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection
 from forge_trl.models.loading import load_injected, load_tokenizer, resolve_source
 
@@ -42,8 +42,6 @@ def test_preset_composes_and_loads_local_model_of_its_architecture(preset, tmp_p
 
 
 def test_tiny_moe_builds_and_takes_dense_lora():
-    from forge_trl.config import ModelConfig
-
     source = resolve_source("forge-tiny-moe")
     tokenizer = load_tokenizer(source.tokenizer_path)
     injection = DenseLoraInjection(DenseLoraConfig(r=4, target_keywords=["q_proj", "v_proj"]))
@@ -54,8 +52,6 @@ def test_tiny_moe_builds_and_takes_dense_lora():
 
 
 def test_4bit_quantized_base_trains_lora_on_cpu():
-    from forge_trl.config import ModelConfig
-
     source = resolve_source("forge-tiny")
     tokenizer = load_tokenizer(source.tokenizer_path)
     injection = DenseLoraInjection(DenseLoraConfig(r=4))

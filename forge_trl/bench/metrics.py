@@ -1,4 +1,4 @@
-"""Held-out metrics computed directly from a model: checker accuracy and preference accuracy.
+"""Held-out metrics computed directly from a model: greedy responses and preference accuracy.
 
 Prompts are rendered with the tokenizer's chat template (when it has one), exactly as training saw them.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from forge_trl.data.filters import render_pair
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
@@ -20,9 +22,9 @@ def render_prompt(tokenizer, prompt: str) -> str:
 def render_completion(tokenizer, prompt: str, completion: str) -> tuple[str, str]:
     """(prompt text, prompt + completion text) as training rendered them."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        return render_prompt(tokenizer, prompt), tokenizer.apply_chat_template(messages, tokenize=False)
-    return prompt, prompt + completion + (tokenizer.eos_token or "")
+        return render_pair(tokenizer, [{"role": "user", "content": prompt}],
+                           [{"role": "assistant", "content": completion}])
+    return render_pair(tokenizer, prompt, completion + (tokenizer.eos_token or ""))
 
 
 @torch.no_grad()

@@ -82,10 +82,10 @@ def load_split(path: str, layout: str, data: DataConfig, tokenizer, *, apply_max
     return kept, len(rows), dropped
 
 
-def prepare_data(task, data: DataConfig, tokenizer) -> PreparedData:
+def prepare_data(layout: str, data: DataConfig, tokenizer) -> PreparedData:
+    """Train (and eval) datasets in TRL's columns for `layout`, which `resolve_layout` has checked."""
     from datasets import Dataset
 
-    layout = resolve_layout(task, data)
     train_path, eval_path = resolve_paths(data, layout)
     train_rows, read, dropped = load_split(train_path, layout, data, tokenizer, apply_max_rows=True)
     stats = {"train_path": train_path, "train_rows": len(train_rows), "rows_read": read, "filtered_empty": dropped}

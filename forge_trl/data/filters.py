@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 COMPLETION_COLUMNS = ("completion", "chosen", "rejected")
 
 
-def _render(tokenizer, prompt, completion) -> tuple[str, str]:
-    """(prompt text, prompt + completion text) as the trainer will tokenize them."""
+def render_pair(tokenizer, prompt, completion) -> tuple[str, str]:
+    """(prompt text, prompt + completion text) as the trainer will tokenize them: message lists through the
+    chat template (the prompt with the generation prompt), plain strings joined."""
     if isinstance(prompt, list):
         prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
@@ -31,7 +32,7 @@ def response_token_budget(rows: list[dict], tokenizer, max_length: int) -> list[
     for index, row in enumerate(rows):
         for column in COMPLETION_COLUMNS:
             if column in row and "prompt" in row:
-                prompt_text, full_text = _render(tokenizer, row["prompt"], row[column])
+                prompt_text, full_text = render_pair(tokenizer, row["prompt"], row[column])
                 prompts.append(prompt_text)
                 fulls.append(full_text)
                 owner.append(index)
