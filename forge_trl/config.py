@@ -12,7 +12,7 @@ Range checks (a negative learning rate, `orpo_lambda <= 0`) live in `__post_init
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 
