@@ -12,7 +12,7 @@ Range checks (a negative learning rate, `orpo_lambda <= 0`) live in `__post_init
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -78,11 +78,74 @@ class DataConfig:
         require(self.max_rows is None or self.max_rows > 0, "data.max_rows", "must be positive")
 
 
+PARAMETER_GROUPS = ("lora", "attn_lora", "router", "base_ffn", "score")
+HANDOFF_GROUPS = ("lora", "attn_lora")
+HANDOFF_CURVES = ("linear", "cosine")
+
+
+@dataclass
+class PhaseConfig:
+    """From optimizer step `step` on, only the parameter groups in `trainable` train."""
+
+    step: int = 0
+    trainable: List[str] = field(default_factory=list)
+
+
+@dataclass
+class HandoffConfig:
+    """Fade a LoRA group's scale from 1.0 to `end_scale` between `start_step` and `end_step` (0: no fade)."""
+
+    start_step: int = 0
+    end_step: int = 0
+    end_scale: float = 0.0
+    curve: str = "linear"
+
+    @property
+    def enabled(self) -> bool:
+        return self.end_step > 0
+
+
+@dataclass
+class HandoffGroups:
+    """Handoff per LoRA group: `lora` (FFN / expert LoRA) and `attn_lora` (attention LoRA)."""
+
+    lora: HandoffConfig = field(default_factory=HandoffConfig)
+    attn_lora: HandoffConfig = field(default_factory=HandoffConfig)
+
+    def fades(self) -> dict[str, HandoffConfig]:
+        return {group: getattr(self, group) for group in HANDOFF_GROUPS if getattr(self, group).enabled}
+
+
 @dataclass
 class InjectionConfig:
-    """Base of every injection schema: how trainable parameters are added to the model."""
+    """Base of every injection schema: how trainable parameters are added to the model.
+
+    `phases` and `handoff` are the training schedule; they are not part of a checkpoint's structure, so a
+    chained stage takes them from its own config (see `Injection.settings`).
+    """
 
     name: str = MISSING
+    # Phased trainable groups, e.g. [{step: 0, trainable: [router]}, {step: 200, trainable: [router, lora]}].
+    # Empty: the strategy's trainable parameters train throughout.
+    phases: List[PhaseConfig] = field(default_factory=list)
+    # Per LoRA group: a scale fade, meant for phases in which `base_ffn` trains.
+    handoff: HandoffGroups = field(default_factory=HandoffGroups)
+
+    def __post_init__(self):
+        steps = [p.step for p in self.phases]
+        require(all(s >= 0 for s in steps), "injection.phases", "every phase needs step >= 0")
+        require(steps == sorted(set(steps)), "injection.phases", f"phase steps must increase strictly, got {steps}")
+        require(not steps or steps[0] == 0, "injection.phases", f"the first phase must start at step 0, got {steps[:1]}")
+        for i, phase in enumerate(self.phases):
+            require(len(phase.trainable) > 0, f"injection.phases[{i}].trainable", "must name at least one group")
+            for group in phase.trainable:
+                require(group in PARAMETER_GROUPS, f"injection.phases[{i}].trainable",
+                        f"unknown group '{group}'; expected one of {', '.join(PARAMETER_GROUPS)}")
+        for group in HANDOFF_GROUPS:
+            fade, key = getattr(self.handoff, group), f"injection.handoff.{group}"
+            require(not fade.enabled or 0 <= fade.start_step < fade.end_step, key, "expected 0 <= start_step < end_step")
+            require(0.0 <= fade.end_scale <= 1.0, f"{key}.end_scale", f"must be in [0, 1], got {fade.end_scale}")
+            require(fade.curve in HANDOFF_CURVES, f"{key}.curve", f"expected linear|cosine, got '{fade.curve}'")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from forge_trl.errors import ConfigError
 from forge_trl.injection import get_injection
 from forge_trl.injection.base import Injection
 from forge_trl.injection.full import FullConfig, FullInjection
+from forge_trl.injection.routing import find_recorder
 from forge_trl.models.loading import ModelSource, resolve_precision, resolve_source
 from forge_trl.tasks import get_task
 
@@ -42,7 +43,7 @@ def choose_injection(cfg: ForgeConfig, source: ModelSource) -> Injection:
             from_checkpoint.name,
             ", ".join(f"{k}: {theirs.get(k)!r} instead of {ours.get(k)!r}" for k in differing),
         )
-    return from_checkpoint
+    return from_checkpoint.with_schedule_of(cfg.injection)
 
 
 def prepare_output_dir(cfg: ForgeConfig) -> Path:
@@ -54,14 +55,37 @@ def prepare_output_dir(cfg: ForgeConfig) -> Path:
     return output_dir
 
 
+def prepare_schedule(injection: Injection, model) -> list:
+    """Preflight the phase schedule against the model's groups and build the schedule callbacks."""
+    from forge_trl.schedule.handoff import HandoffCallback
+    from forge_trl.schedule.phases import PhaseCallback, PhaseSchedule, check_phase_groups, warn_router_only_phases
+
+    phases = getattr(injection.cfg, "phases", [])
+    handoff = injection.cfg.handoff.fades() if hasattr(injection.cfg, "handoff") else {}
+    callbacks = []
+    if phases:
+        groups = injection.parameter_groups(model)
+        check_phase_groups(phases, groups, injection.name)
+        if injection.experts_share_base:
+            warn_router_only_phases(phases, model, groups)
+        schedule = PhaseSchedule(phases, groups, model)
+        schedule.make_all_trainable()
+        callbacks.append(PhaseCallback(schedule))
+    if handoff:
+        callbacks.append(HandoffCallback(handoff, model))
+    return callbacks
+
+
 def trainable_summary(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
 
-def run(raw_cfg) -> Path:
-    """Train one stage as configured and return the path of its `final/` checkpoint."""
+def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
+    """Train one stage as configured and return the path of its `final/` checkpoint.
+
+    `extra_callbacks` (TrainerCallbacks) run after forge's own; tests use them to watch parameters."""
     cfg = to_typed(raw_cfg)
     task = get_task(cfg.task.name)()
 
@@ -85,6 +109,7 @@ def run(raw_cfg) -> Path:
     tokenizer = load_tokenizer(source.tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
     data = prepare_data(layout, cfg.data, tokenizer)
     model = load_injected(source, injection, task.head, cfg.model, precision, tokenizer)
+    schedule_callbacks = prepare_schedule(injection, model)
     trainable, total = trainable_summary(model)
     log.info(
         "task=%s injection=%s model=%s precision=%s: %s of %s parameters trainable (%.2f%%)",
@@ -100,7 +125,9 @@ def run(raw_cfg) -> Path:
         eval_dataset=data.eval,
         output_dir=output_dir,
         precision=precision,
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[*schedule_callbacks, MetricsFileCallback(output_dir), *extra_callbacks],
+        routing=find_recorder(model),
+        reference_drifts=any("base_ffn" in phase.trainable for phase in injection.cfg.phases),
     )
     trainer = task.build_trainer(ctx)
     result = trainer.train()

@@ -23,6 +23,9 @@ from forge_trl.config import InjectionConfig
 
 HEAD_CAUSAL_LM = "causal_lm"
 HEAD_SEQ_CLS = "seq_cls"
+# Training-schedule keys: taken from the current config, never from a checkpoint (they describe how a stage
+# trains, not what the model is).
+SCHEDULE_KEYS = ("phases", "handoff", "aux_loss_coef")
 
 
 class Injection(ABC):
@@ -32,6 +35,9 @@ class Injection(ABC):
     schema: ClassVar[type[InjectionConfig]]
     # False for strategies that leave a complete HF model in `final/` (full fine-tuning).
     is_adapter: ClassVar[bool] = True
+    # True for routed strategies whose experts are all the same function until their LoRAs differ
+    # (mixture_lora, moe_expert_lora); a router-only phase then learns nothing.
+    experts_share_base: ClassVar[bool] = False
 
     def __init__(self, cfg: InjectionConfig):
         self.cfg = cfg
@@ -39,11 +45,17 @@ class Injection(ABC):
     @classmethod
     def from_settings(cls, settings: dict) -> "Injection":
         """Rebuild from the `injection` block of a checkpoint's forge_run.json."""
-        known = {f.name for f in dataclasses.fields(cls.schema)}
+        known = {f.name for f in dataclasses.fields(cls.schema)} - set(SCHEDULE_KEYS)
         return cls(cls.schema(**{k: v for k, v in settings.items() if k in known}))
 
     def settings(self) -> dict:
-        return dataclasses.asdict(self.cfg)
+        """The structural settings a checkpoint records: what a later stage needs to rebuild the same model."""
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in SCHEDULE_KEYS}
+
+    def with_schedule_of(self, cfg: InjectionConfig) -> "Injection":
+        """This structure, trained with the schedule (phases, handoff, aux-loss weight) that `cfg` asks for."""
+        schedule = {k: getattr(cfg, k) for k in SCHEDULE_KEYS if hasattr(cfg, k) and hasattr(self.cfg, k)}
+        return type(self)(dataclasses.replace(self.cfg, **schedule))
 
     def preflight(self, model: torch.nn.Module) -> None:
         """Raise ConfigError when this strategy cannot apply to `model` (before any training)."""
@@ -66,4 +78,9 @@ class Injection(ABC):
 
     @abstractmethod
     def merged(self, model: torch.nn.Module) -> torch.nn.Module:
-        """A plain transformers model computing the same function, for evaluation and export."""
+        """A model computing the same function for evaluation: plain transformers where the strategy folds."""
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> str:
+        """Write a directory that `from_pretrained` loads without forge_trl; returns how (for forge_export.json)."""
+        self.merged(model).save_pretrained(out_dir, safe_serialization=True)
+        return "merged"

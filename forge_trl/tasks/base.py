@@ -18,6 +18,7 @@ import torch
 from forge_trl.config import ForgeConfig, TaskConfig
 from forge_trl.errors import ConfigError
 from forge_trl.injection.base import HEAD_CAUSAL_LM
+from forge_trl.injection.routing import RoutingRecorder
 
 
 @dataclass
@@ -32,6 +33,59 @@ class TaskContext:
     output_dir: Path
     precision: str  # bf16 | fp16 | fp32, already resolved for this machine
     callbacks: list
+    # The routed injection's recorder: its balancing loss is added to every task's loss (None: no routing).
+    routing: RoutingRecorder | None = None
+    # True when this run trains weights that the adapter-disabled reference pass also uses (base_ffn phases):
+    # reference log-probs must then be computed before training starts.
+    reference_drifts: bool = False
+
+
+class ForgeTrainerMixin:
+    """Mixed into every TRL trainer forge builds: adds the routed injections' balancing loss to the task loss
+    and their routing metrics to the training logs, whatever the trainer's own MoE support."""
+
+    forge_routing: RoutingRecorder | None = None
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        recorder = self.forge_routing
+        if recorder is None or not model.training:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        with recorder.collect():
+            out = super().compute_loss(model, inputs, *args, **kwargs)
+        aux = recorder.pop_loss()
+        if aux is None:
+            return out
+        self._forge_aux_values = getattr(self, "_forge_aux_values", [])
+        self._forge_aux_values.append(float(aux.detach()))
+        if recorder.coef == 0:
+            return out
+        weighted = recorder.coef * aux
+        # Trainer divides the loss by the accumulation steps unless the loss was already normalised over the
+        # whole accumulated batch (num_items_in_batch); the per-micro-batch aux loss then needs the division here.
+        num_items = kwargs.get("num_items_in_batch")
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items is not None) or (
+                getattr(self, "compute_loss_func", None) is not None
+            )
+        if scaled:
+            weighted = weighted / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+        if isinstance(out, tuple):
+            return (out[0] + weighted, *out[1:])
+        return out + weighted
+
+    def log(self, logs, *args, **kwargs):
+        if self.forge_routing is not None and "loss" in logs:
+            values = getattr(self, "_forge_aux_values", [])
+            if values:
+                logs["moe/aux_loss"] = sum(values) / len(values)
+                values.clear()
+            logs.update(self.forge_routing.pop_metrics())
+        return super().log(logs, *args, **kwargs)
+
+
+def forge_trainer_class(trainer_cls: type) -> type:
+    return type(f"Forge{trainer_cls.__name__}", (ForgeTrainerMixin, trainer_cls), {})
 
 
 class Task(ABC):
@@ -47,7 +101,7 @@ class Task(ABC):
     def build_trainer(self, ctx: TaskContext):
         """Return a ready-to-train TRL trainer (a transformers.Trainer subclass)."""
         config_cls, trainer_cls = self.trl_classes()
-        return trainer_cls(
+        trainer = forge_trainer_class(trainer_cls)(
             model=ctx.model,
             args=self.trl_config(config_cls, ctx),
             train_dataset=ctx.train_dataset,
@@ -55,6 +109,8 @@ class Task(ABC):
             processing_class=ctx.tokenizer,
             callbacks=ctx.callbacks,
         )
+        trainer.forge_routing = ctx.routing
+        return trainer
 
     def task_args(self, ctx: TaskContext) -> dict:
         """Keyword arguments for the TRL config beyond the shared TrainingArguments."""
@@ -92,8 +148,10 @@ class Task(ABC):
             dataloader_pin_memory=torch.cuda.is_available(),
         )
         args.update(self.task_args(ctx))
-        args.update(dict(t.trl_args))
         known = {f.name for f in dataclasses.fields(config_cls)}
+        if ctx.routing is not None and "router_aux_loss_coef" in known:
+            args["router_aux_loss_coef"] = 0.0  # forge adds the balancing loss itself, for every task
+        args.update(dict(t.trl_args))
         unknown = sorted(set(t.trl_args) - known)
         if unknown:
             raise ConfigError(f"task.trl_args: {config_cls.__name__} has no field '{unknown[0]}'")

@@ -6,11 +6,14 @@ it, and a fresh adapter is disabled, which leaves exactly the base model.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from forge_trl.config import TaskConfig, require
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
+
+log = logging.getLogger("forge_trl")
 
 
 @dataclass
@@ -39,11 +42,15 @@ class DPOTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
+        precompute = t.precompute_ref_log_probs
+        if ctx.reference_drifts and not precompute:
+            log.info("phases train base weights, which the reference pass shares: precomputing reference log-probs")
+            precompute = True
         return dict(
             beta=t.beta,
             loss_type=[t.loss_type],
             label_smoothing=t.label_smoothing,
-            precompute_ref_log_probs=t.precompute_ref_log_probs,
+            precompute_ref_log_probs=precompute,
             max_length=ctx.cfg.data.max_length,
         )
 

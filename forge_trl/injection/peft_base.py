@@ -1,0 +1,146 @@
+"""What every PEFT-backed strategy shares: wrapping, parameter groups, save/load and the reference mechanism.
+
+All four adapter strategies build a PEFT `LoraConfig` and let `get_peft_model` inject it. The routed strategies
+(mixture_lora, moe_expert_lora) plug their own layers in through PEFT's custom-module dispatch, and their layers
+keep PEFT's per-adapter conventions. That is what makes them honour TRL's reference mechanism for free:
+
+- `model.disable_adapter()` (TRL's reference for a fresh adapter) leaves exactly the base model;
+- `model.add_adapter("ref", config)` plus a copy of every `.default.` parameter (TRL's reference for a
+  re-trained adapter) gives a frozen copy of the input checkpoint, routers included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from forge_trl.errors import ConfigError, ModelError
+from forge_trl.injection.base import HEAD_SEQ_CLS, Injection
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_NAME = "default"
+ATTENTION_MARKERS = ("self_attn", "attention", "attn")
+FFN_MARKERS = (".mlp.", ".feed_forward.", ".ffn.", ".block_sparse_moe.")
+ROUTER_MARKERS = ("lora_router", ".gate.modules_to_save.", ".router.modules_to_save.")
+# Frozen copies that belong to no group: TRL's reference adapter and PEFT's original of a modules_to_save layer.
+FROZEN_COPY_MARKERS = (".ref.", "original_module")
+
+
+def num_decoder_layers(model: torch.nn.Module) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def is_attention_param(name: str) -> bool:
+    return any(marker in name for marker in ATTENTION_MARKERS)
+
+
+def select_layers(model: torch.nn.Module, start_layer: int, num_layers: int | None) -> list[int]:
+    """Decoder layer indices [start_layer, start_layer + num_layers), checked against the model."""
+    total = num_decoder_layers(model)
+    end = total if num_layers is None else start_layer + num_layers
+    if start_layer >= total or end > total:
+        raise ConfigError(
+            f"injection.start_layer={start_layer}, injection.num_layers={num_layers}: the model has only "
+            f"{total} decoder layers (expected start_layer + num_layers <= {total})"
+        )
+    return list(range(start_layer, end))
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+class PeftInjection(Injection):
+    """An injection realised as one PEFT LoRA adapter named `default`."""
+
+    # A plain PEFT LoRA: saved in PEFT's own format (adapter_config.json too) and folded by merge_and_unload.
+    # The routed strategies set False: their adapters need forge's layers and cannot fold into static weights.
+    standard_peft = True
+
+    def lora_config(self, model: torch.nn.Module, head: str):
+        """The PEFT config to inject (task_type already matching `head`)."""
+        raise NotImplementedError
+
+    def task_type(self, head: str):
+        from peft import TaskType
+
+        return TaskType.SEQ_CLS if head == HEAD_SEQ_CLS else TaskType.CAUSAL_LM
+
+    def after_apply(self, model) -> None:
+        """Hook for strategies that attach extra state (a routing recorder) to the wrapped model."""
+
+    def apply(self, model, head):
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if is_quantized(model):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(model, self.lora_config(model, head))
+        self.after_apply(model)
+        return model
+
+    # -------------------------------------------------------------------------------------------- groups
+    def classify(self, name: str) -> str | None:
+        """The group of one parameter of the wrapped model, or None when it belongs to no group."""
+        if any(marker in name for marker in FROZEN_COPY_MARKERS):
+            return None
+        if any(marker in name for marker in ROUTER_MARKERS):
+            return "router"
+        if "lora_" in name:
+            return "attn_lora" if is_attention_param(name) else "lora"
+        if "modules_to_save" in name or ".score." in name:
+            return "score"
+        if any(marker in f".{name}" for marker in FFN_MARKERS) and not name.endswith("norm.weight"):
+            return "base_ffn"
+        return None
+
+    def parameter_groups(self, model):
+        groups: dict[str, list[str]] = {}
+        for name, _ in model.named_parameters():
+            group = self.classify(name)
+            if group is not None:
+                groups.setdefault(group, []).append(name)
+        return groups
+
+    # -------------------------------------------------------------------------------------------- weights
+    def save(self, model, out_dir: Path) -> None:
+        if self.standard_peft:
+            model.save_pretrained(out_dir, selected_adapters=[ADAPTER_NAME], safe_serialization=True)
+            return
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(out_dir) / ADAPTER_FILE))
+
+    def load_weights(self, model, ckpt_dir: Path) -> None:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(ckpt_dir) / ADAPTER_FILE
+        if not path.is_file():
+            raise ModelError(f"{ckpt_dir}: no {ADAPTER_FILE}; expected the {self.name} adapter of a forge checkpoint")
+        saved = load_file(str(path))
+        # Parts the checkpoint does not have (an RM's new score head after causal-LM SFT) keep their fresh init.
+        current = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+        unexpected = sorted(set(saved) - set(current))
+        if unexpected:
+            raise ModelError(
+                f"{path}: adapter does not fit the model (unexpected weights such as '{unexpected[0]}'); "
+                "was it trained on a different base model or with other injection settings?"
+            )
+        mismatched = sorted(k for k in saved if saved[k].shape != current[k].shape)
+        if mismatched:
+            k = mismatched[0]
+            raise ModelError(
+                f"{path}: '{k}' has shape {tuple(saved[k].shape)} but the model expects {tuple(current[k].shape)}; "
+                "was it trained on a different base model?"
+            )
+        result = set_peft_model_state_dict(model, {**current, **saved}, adapter_name=ADAPTER_NAME)
+        if result.unexpected_keys:
+            raise ModelError(f"{path}: weights '{result.unexpected_keys[0]}' do not fit the model")
+
+    def merged(self, model):
+        if self.standard_peft:
+            return model.merge_and_unload()
+        return model  # token-routed adapters cannot fold into static weights; inference runs the adapter model
