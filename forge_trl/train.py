@@ -148,6 +148,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         "model": OmegaConf.to_container(raw_cfg.model, resolve=True),
         "precision": precision,
         "step": trainer.state.global_step,
+        "trainable_parameters": trainable,
         "metrics": metrics,
         "data": data.stats,
     }

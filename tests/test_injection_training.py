@@ -1,5 +1,6 @@
 """Every injection strategy trains every task, honours TRL's reference, and follows phase/handoff schedules."""
 
+import json
 import math
 
 import pytest
@@ -35,6 +36,9 @@ def test_strategy_trains_task_and_leaves_frozen_weights_bit_identical(strategy, 
         assert "score" in groups
     if strategy != "dense_lora":
         assert "router" in groups and any("moe/aux_loss" in r for r in metrics)
+        shares = [json.loads(line) for line in (tmp_path / "routing.jsonl").read_text().splitlines()]
+        for layer_shares in shares[-1]["expert_share"].values():
+            assert sum(layer_shares) == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")

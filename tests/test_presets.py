@@ -35,7 +35,7 @@ def test_preset_composes_and_loads_local_model_of_its_architecture(preset, tmp_p
     injection = DenseLoraInjection(DenseLoraConfig(r=4))
     model = load_injected(source, injection, "causal_lm", cfg.model, "fp32", tokenizer)
     assert model.config.model_type == model_type
-    assert set(injection.parameter_groups(model)) == {"lora", "attn_lora"}
+    assert set(injection.parameter_groups(model)) == {"lora", "attn_lora", "base_ffn"}
     batch = tokenizer(["What is 3 plus 4?"], return_tensors="pt")
     logits = model(**batch).logits
     assert logits.shape[-1] == TINY["vocab_size"] and torch.isfinite(logits).all()

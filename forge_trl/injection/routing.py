@@ -164,7 +164,7 @@ class RoutingRecorder:
                 self._warned.add(layer)
                 log.warning(
                     "router collapse in %s: expert %d takes %.0f%% of tokens (threshold %.0f%%); consider a larger "
-                    "injection.aux_loss_coef or a router-only warm-up phase",
+                    "injection.aux_loss_coef",
                     layer, int(share.argmax()), 100 * top, 100 * COLLAPSE_SHARE,
                 )
         self._stats.clear()

@@ -8,6 +8,7 @@ only inside `build_trainer`, so composing and validating a config stays fast.
 from __future__ import annotations
 
 import dataclasses
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from forge_trl.config import ForgeConfig, TaskConfig
 from forge_trl.errors import ConfigError
 from forge_trl.injection.base import HEAD_CAUSAL_LM
 from forge_trl.injection.routing import RoutingRecorder
+
+ROUTING_FILE = "routing.jsonl"
 
 
 @dataclass
@@ -80,7 +83,13 @@ class ForgeTrainerMixin:
             if values:
                 logs["moe/aux_loss"] = sum(values) / len(values)
                 values.clear()
+            shares = self.forge_routing.expert_shares()
             logs.update(self.forge_routing.pop_metrics())
+            if shares and self.is_world_process_zero():
+                # Per-layer, per-expert token shares are too many for the log line; they go to routing.jsonl.
+                record = {"step": self.state.global_step, "expert_share": shares}
+                with (Path(self.args.output_dir) / ROUTING_FILE).open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
         return super().log(logs, *args, **kwargs)
 
 
@@ -110,6 +119,8 @@ class Task(ABC):
             callbacks=ctx.callbacks,
         )
         trainer.forge_routing = ctx.routing
+        if ctx.routing is not None:
+            (ctx.output_dir / ROUTING_FILE).write_text("", encoding="utf-8")  # a rerun starts a fresh file
         return trainer
 
     def task_args(self, ctx: TaskContext) -> dict:
