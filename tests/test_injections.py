@@ -288,3 +288,17 @@ def test_strategy_that_does_not_suit_the_architecture_fails_preflight(strategy, 
     injection = get_injection(strategy).from_settings({"name": strategy})
     with pytest.raises(ConfigError, match=message):
         load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["checkpoint=./no/such/run/final", "out=x"], "'./no/such/run/final' does not exist"),
+    (["checkpoint=outputs/x"], "missing out=..."),
+    (["model=x", "out=y"], "unexpected argument 'model=x'"),
+])
+def test_export_cli_bad_input_gives_one_line_and_exit_2(args, fragment, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "forge_trl.export", *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-1000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("forge_trl:")]
+    assert len(lines) == 1 and fragment in lines[0], done.stderr[-1000:]
+    assert not (tmp_path / "x").exists()

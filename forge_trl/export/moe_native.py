@@ -72,15 +72,13 @@ def native_moe_model(peft_model, layer_cls, cfg) -> torch.nn.Module:
     settings.update({
         experts_key: experts,
         "num_experts_per_tok": first.top_k["default"],
-        "intermediate_size": dense_config.intermediate_size,
+        "intermediate_size": inter,  # Mixtral's expert width; Qwen3-MoE's width of the layers left dense
         "router_aux_loss_coef": cfg.aux_loss_coef,
         "output_router_logits": False,
     })
     if config_name == "Qwen3MoeConfig":
         settings.update({"moe_intermediate_size": inter, "norm_topk_prob": True, "decoder_sparse_step": 1,
                          "mlp_only_layers": dense_layers})
-    else:
-        settings["intermediate_size"] = inter
     moe_config = config_cls(**settings)
     for attribute in CARRIED_ATTRIBUTES:
         if attribute in dense and attribute not in known:

@@ -167,7 +167,7 @@ class NativeMoeExpertLoraInjection(PeftInjection):
         coef = self.cfg.aux_loss_coef
         if coef is None:
             coef = float(getattr(text_config, "router_aux_loss_coef", 0.0) or 0.0)
-        recorder = attach_recorder(model, type(None), coef, native_loss=native_balancing_loss(hf_model))
+        recorder = attach_recorder(model, None, coef, native_loss=native_balancing_loss(hf_model))
         top_k = text_config.num_experts_per_tok
         cls = router_class(hf_model)
 

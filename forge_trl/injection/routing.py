@@ -183,15 +183,16 @@ class RoutingRecorder:
         }
 
 
-def attach_recorder(peft_model: torch.nn.Module, layer_cls: type, coef: float, native_loss=None) -> RoutingRecorder:
-    """Give a wrapped model one recorder, shared by every routed layer of type `layer_cls` (or, with
-    `native_loss`, by router modules hooked elsewhere)."""
+def attach_recorder(peft_model: torch.nn.Module, layer_cls: type | None, coef: float,
+                    native_loss=None) -> RoutingRecorder:
+    """Give a wrapped model one recorder, shared by every routed layer of type `layer_cls` (None: the caller
+    hooks the routers itself, as native_moe_expert_lora does)."""
     recorder = RoutingRecorder(coef=coef, native_loss=native_loss)
     hf_model = peft_model.get_base_model()
     recorder.attach(hf_model)
     hf_model.forge_routing = recorder
     for name, module in peft_model.named_modules():
-        if isinstance(module, layer_cls):
+        if layer_cls is not None and isinstance(module, layer_cls):
             module.routing = recorder
             module.layer_name = name.split("model.", 1)[-1]
     return recorder
