@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from forge_trl.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DATA_TASKS = ("text", "sft", "preference", "prompted_preference", "prompt_only")
+DATA_TASKS = ("text", "sft", "preference", "prompted_preference", "prompt_only", "unpaired_preference")
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -61,7 +61,8 @@ class DataConfig:
     eval_path: Optional[str] = None
     # `raw` rows are mapped to TRL columns here; `processed` loads a dataset already in TRL's columns.
     format: str = "raw"
-    # Row layout: text | sft | preference | prompted_preference | prompt_only. null: the task's default.
+    # Row layout: text | sft | preference | prompted_preference | prompt_only | unpaired_preference.
+    # null: the task's default.
     task: Optional[str] = None
     # Tokens per sequence (prompt + response). Rows whose response is cut to nothing are dropped.
     max_length: int = 512

@@ -35,7 +35,12 @@ def choose_injection(cfg: ForgeConfig, source: ModelSource) -> Injection:
     from_checkpoint = source.checkpoint_injection
     if from_checkpoint is None:
         return requested
-    if from_checkpoint.settings() != requested.settings():
+    if from_checkpoint.name != requested.name:
+        log.warning(
+            "model.name_or_path is a %s checkpoint: training its %s adapter further (injection=%s is not applied)",
+            from_checkpoint.name, from_checkpoint.name, requested.name,
+        )
+    elif from_checkpoint.settings() != requested.settings():
         ours, theirs = requested.settings(), from_checkpoint.settings()
         differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         log.warning(

@@ -55,6 +55,11 @@ CASES = {
                             "injection=native_moe_expert_lora needs a native MoE model"),
     "moe_expert_on_moe": (None, ["task=sft", "model=tiny_moe", "injection=moe_expert_lora"],
                           "already has MoE FFNs"),
+    "grpo_without_reward_model": (None, ["task=grpo"], "task.reward_model.checkpoint_path: required"),
+    "grpo_batch_not_multiple": (None, ["task=grpo", "task.reward_model.checkpoint_path=x", "task.num_generations=3"],
+                                "must be a multiple of it (3)"),
+    "kto_batch_of_one": (None, ["task=kto", "task.per_device_train_batch_size=1"],
+                         "KTO needs at least 2 examples per batch"),
     "all_rows_truncated": (jsonl({"prompt": "word " * 200, "response": "2"}), ["task=sft", "data.max_length=16"],
                            "all 1 rows have an empty response"),
 }

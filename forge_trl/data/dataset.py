@@ -22,6 +22,7 @@ PROCESSED_COLUMNS = {
     "preference": [("chosen", "rejected")],
     "prompted_preference": [("prompt", "chosen", "rejected")],
     "prompt_only": [("prompt",)],
+    "unpaired_preference": [("prompt", "completion", "label")],
 }
 
 
@@ -48,6 +49,8 @@ def resolve_paths(data: DataConfig, layout: str) -> tuple[str, str | None]:
     """(train path, eval path); the built-in demo suite when `data.path` is null."""
     if data.path is not None:
         return data.path, data.eval_path
+    if layout not in DEMO_FILES:
+        raise ConfigError(f"data.task={layout}: the demo suite has no {layout} rows; set data.path to your JSONL file")
     files = ensure_demo_suite()
     return str(files[DEMO_FILES[layout]]), data.eval_path
 

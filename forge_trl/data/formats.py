@@ -9,6 +9,7 @@
 | preference           | {chosen, rejected} (prompt implicit in both) · {prompt, chosen, rejected}          |
 | prompted_preference  | {prompt, chosen, rejected}                                                        |
 | prompt_only          | {prompt} · {messages}                                                             |
+| unpaired_preference  | {prompt, completion, label} (label true = desirable; KTO)                          |
 
 With `chat=True` (the default, when the tokenizer has a chat template) prompt/response rows become TRL's
 conversational columns, so TRL applies the template and masks the prompt out of the loss. Extra fields in a
@@ -26,6 +27,7 @@ LAYOUTS: dict[str, list[tuple[str, ...]]] = {
     "preference": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],
     "prompted_preference": [("prompt", "chosen", "rejected")],
     "prompt_only": [("prompt",), ("messages",)],
+    "unpaired_preference": [("prompt", "completion", "label")],
 }
 ROLES = ("system", "user", "assistant")
 OPTIONAL_STRING_FIELDS = ("system", "input")
@@ -124,6 +126,16 @@ def to_trl_columns(row: Row, layout: str, chat: bool) -> dict:
         return {"prompt": _user_turn(row, prompt) if chat else prompt}
     if fields[-2:] == ("chosen", "rejected"):
         return _preference_columns(row, fields, chat)
+    if fields == ("prompt", "completion", "label"):
+        label = row.data["label"]
+        if not isinstance(label, bool):
+            raise DataError(f"expected true or false, got {type(label).__name__}", path=row.path, line=row.line,
+                            field="label")
+        prompt, completion = _string(row, "prompt"), _string(row, "completion")
+        if chat:
+            return {"prompt": _user_turn(row, prompt), "completion": [{"role": "assistant", "content": completion}],
+                    "label": label}
+        return {"prompt": prompt, "completion": completion, "label": label}
     prompt, response = _prompt_text(row, fields), _string(row, fields[-1])
     if chat:
         return {"prompt": _user_turn(row, prompt), "completion": [{"role": "assistant", "content": response}]}

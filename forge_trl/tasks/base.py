@@ -117,6 +117,7 @@ class Task(ABC):
             eval_dataset=ctx.eval_dataset,
             processing_class=ctx.tokenizer,
             callbacks=ctx.callbacks,
+            **self.trainer_kwargs(ctx),
         )
         trainer.forge_routing = ctx.routing
         if ctx.routing is not None:
@@ -125,6 +126,10 @@ class Task(ABC):
 
     def task_args(self, ctx: TaskContext) -> dict:
         """Keyword arguments for the TRL config beyond the shared TrainingArguments."""
+        return {}
+
+    def trainer_kwargs(self, ctx: TaskContext) -> dict:
+        """Extra keyword arguments for the TRL trainer itself (reward functions, ...)."""
         return {}
 
     def trl_config(self, config_cls, ctx: TaskContext):

@@ -1,0 +1,28 @@
+"""`task=grpo`: group-relative policy optimisation (TRL's GRPOTrainer) with a forge reward model.
+
+Each prompt gets `num_generations` sampled completions; a completion's advantage is its RM score relative to
+its group's. `task.reward_model.checkpoint_path` names the RM (a `task=rm` checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forge_trl.rl.online import OnlineRLTask, OnlineRLTaskConfig
+from forge_trl.tasks import TASKS
+
+
+@dataclass
+class GRPOTaskConfig(OnlineRLTaskConfig):
+    name: str = "grpo"
+
+
+@TASKS.register("grpo")
+class GRPOTask(OnlineRLTask):
+    name = "grpo"
+    schema = GRPOTaskConfig
+
+    def trl_classes(self):
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
