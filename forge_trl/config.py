@@ -201,6 +201,8 @@ class ForgeConfig:
     output_dir: str = "outputs/${task.name}"
     # Replace an existing `final/` instead of refusing to start.
     overwrite: bool = False
+    # Continue from a checkpoint: `true` (the newest complete `checkpoint-N` in output_dir) or its path.
+    resume: Optional[str] = None
     seed: int = 42
     # auto: bf16 where the hardware supports it, fp32 on CPU.
     precision: str = "auto"

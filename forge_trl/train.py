@@ -60,6 +60,23 @@ def prepare_output_dir(cfg: ForgeConfig) -> Path:
     return output_dir
 
 
+def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
+    """`resume=true`: the newest complete checkpoint in output_dir; a path: that checkpoint."""
+    if resume is None or str(resume).lower() in ("false", "none", ""):
+        return None
+    if str(resume).lower() == "true":
+        found = sorted(
+            (p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()),
+            key=lambda p: int(p.name.split("-", 1)[1]),
+        )
+        if not found:
+            raise ConfigError(f"resume=true: no checkpoint-N directory in {output_dir}; set task.save_steps to write them")
+        return str(found[-1])
+    if not Path(resume).is_dir():
+        raise ConfigError(f"resume: '{resume}' is not a checkpoint directory")
+    return str(resume)
+
+
 def prepare_schedule(injection: Injection, model) -> list:
     """Preflight the phase schedule against the model's groups and build the schedule callbacks."""
     from forge_trl.schedule.handoff import HandoffCallback
@@ -99,6 +116,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
 
     layout = resolve_layout(task, cfg.data)
     output_dir = prepare_output_dir(cfg)
+    resume_from = resolve_resume(cfg.resume, output_dir)
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
 
@@ -133,9 +151,11 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         callbacks=[*schedule_callbacks, MetricsFileCallback(output_dir), *extra_callbacks],
         routing=find_recorder(model),
         reference_drifts=any("base_ffn" in phase.trainable for phase in injection.cfg.phases),
+        source=source,
+        injection=injection,
     )
     trainer = task.build_trainer(ctx)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
     last_loss = next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None)
     if last_loss is not None:

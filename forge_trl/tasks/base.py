@@ -41,6 +41,9 @@ class TaskContext:
     # True when this run trains weights that the adapter-disabled reference pass also uses (base_ffn phases):
     # reference log-probs must then be computed before training starts.
     reference_drifts: bool = False
+    # Where the model came from and how it was injected (PPO builds its extra adapters from them).
+    source: Any = None
+    injection: Any = None
 
 
 class ForgeTrainerMixin:

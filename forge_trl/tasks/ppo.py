@@ -1,0 +1,113 @@
+"""`task=ppo`: RLHF with forge's own PPO trainer (TRL 1.x has none), on prompt-only data.
+
+    python -m forge_trl task=ppo model.name_or_path=outputs/sft/final task.reward_model.checkpoint_path=outputs/rm/final
+
+The policy trains the input checkpoint's adapter; the reference is its frozen copy; the value model starts
+from the reward model. With the usual chain (the RM trained from the same SFT checkpoint) all four share one
+base model (see forge_trl/rl/ppo_models.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from forge_trl.config import TaskConfig, require
+from forge_trl.rl.reward import RewardModelConfig
+from forge_trl.tasks import TASKS
+from forge_trl.tasks.base import Task, TaskContext
+
+PPO_KEYS = ("response_length", "temperature", "missing_eos_penalty", "kl_coef", "adaptive_kl", "target_kl",
+            "gamma", "lam", "whiten_advantages", "num_ppo_epochs", "num_mini_batches", "cliprange",
+            "cliprange_value", "vf_coef", "rollout_batch_size")
+
+
+@dataclass
+class PPOTaskConfig(TaskConfig):
+    name: str = "ppo"
+    learning_rate: float = 1e-5
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    # Tokens sampled per response, and the sampling temperature.
+    response_length: int = 32
+    temperature: float = 1.0
+    # Subtracted from the score of a response that never emits EOS (null: no penalty).
+    missing_eos_penalty: Optional[float] = None
+    # Per-token KL penalty against the reference; adaptive_kl steers it towards target_kl.
+    kl_coef: float = 0.1
+    adaptive_kl: bool = False
+    target_kl: float = 6.0
+    # GAE discount and lambda; advantage whitening.
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    # Passes over each rollout batch, minibatches per pass, clip ranges, value-loss weight.
+    num_ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    # Sequences per scoring forward pass during rollouts (null: the whole batch).
+    rollout_batch_size: Optional[int] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reward_model.check()
+        require(self.response_length > 0, "task.response_length", "must be positive")
+        require(self.temperature > 0, "task.temperature", f"must be positive, got {self.temperature}")
+        require(self.kl_coef >= 0, "task.kl_coef", f"must be >= 0, got {self.kl_coef}")
+        require(0 < self.gamma <= 1, "task.gamma", f"must be in (0, 1], got {self.gamma}")
+        require(0 <= self.lam <= 1, "task.lam", f"must be in [0, 1], got {self.lam}")
+        require(self.num_ppo_epochs > 0, "task.num_ppo_epochs", "must be positive")
+        require(self.num_mini_batches > 0, "task.num_mini_batches", "must be positive")
+        require(self.per_device_train_batch_size % self.num_mini_batches == 0, "task.num_mini_batches",
+                f"must divide per_device_train_batch_size ({self.per_device_train_batch_size})")
+        require(self.cliprange > 0 and self.cliprange_value > 0, "task.cliprange", "clip ranges must be positive")
+
+
+def tokenize_prompts(dataset, tokenizer):
+    """Prompt column (messages or text) -> input_ids with the generation prompt, as the policy will see it."""
+
+    def encode(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        else:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return {"input_ids": list(ids)}
+
+    return dataset.map(encode, remove_columns=dataset.column_names)
+
+
+@TASKS.register("ppo")
+class PPOTask(Task):
+    name = "ppo"
+    schema = PPOTaskConfig
+    data_layouts = ("prompt_only",)
+
+    def task_args(self, ctx: TaskContext) -> dict:
+        t = ctx.cfg.task
+        return {key: getattr(t, key) for key in PPO_KEYS}
+
+    def trl_classes(self):
+        from forge_trl.rl.ppo_config import PPOConfig
+        from forge_trl.rl.ppo_trainer import PPOTrainer
+
+        return PPOConfig, PPOTrainer
+
+    def build_trainer(self, ctx: TaskContext):
+        from forge_trl.rl.ppo_models import build_ppo_models
+        from forge_trl.tasks.base import forge_trainer_class
+
+        config_cls, trainer_cls = self.trl_classes()
+        models = build_ppo_models(
+            ctx.model, ctx.source, ctx.injection, ctx.cfg.task.reward_model.checkpoint_path, ctx.cfg.model,
+            ctx.precision, ctx.tokenizer,
+        )
+        trainer = forge_trainer_class(trainer_cls)(
+            models=models, args=self.trl_config(config_cls, ctx),
+            train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer), processing_class=ctx.tokenizer,
+            callbacks=ctx.callbacks,
+        )
+        trainer.forge_routing = ctx.routing
+        return trainer
