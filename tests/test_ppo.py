@@ -92,3 +92,22 @@ def test_ppo_resume_from_a_checkpoint_continues_the_same_run(chain, tmp_path):
     assert [r["step"] for r in resumed if "objective/scores" in r] == [3, 4]
     for key in ("objective/scores", "loss/value_avg", "loss/policy_avg", "objective/kl"):
         assert ppo_metrics(resumed, key) == pytest.approx(ppo_metrics(full, key)[2:], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("strategy", ["mixture_lora", "moe_expert_lora", "native_moe_expert_lora"])
+def test_ppo_runs_on_one_base_with_every_routed_strategy(strategy, tmp_path, caplog):
+    model = "tiny_moe" if strategy.startswith("native") else "tiny"
+    sft, _, _ = train_in_process(tmp_path / "sft", "task=sft", "data=demo_sft", f"injection={strategy}",
+                                 f"model={model}", "task.learning_rate=1e-3", steps=2)
+    rm, _, _ = train_in_process(tmp_path / "rm", "task=rm", "data=demo_preference", f"model.name_or_path={sft}",
+                                steps=1)
+    with caplog.at_level("INFO", logger="forge_trl"):
+        final, _, metrics = train_in_process(
+            tmp_path / "ppo", "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}",
+            "task.response_length=4", "task.per_device_train_batch_size=4", "task.learning_rate=1e-3", steps=2,
+        )
+    assert any("share one base model" in r.message for r in caplog.records)
+    scores = ppo_metrics(metrics, "objective/scores")
+    assert len(scores) == 2 and all(torch.isfinite(torch.tensor(scores)))
+    assert ppo_metrics(metrics, "moe/aux_loss"), "the routed policy's balancing loss is part of PPO's loss"
+    assert (final / "adapter_model.safetensors").is_file()

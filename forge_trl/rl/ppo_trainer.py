@@ -203,9 +203,10 @@ class PPOTrainer(Trainer):
                 vf_loss, vf_clip = clipped_value_loss(values, roll["values"][idx], roll["returns"][idx], mask,
                                                       args.cliprange_value)
                 loss = pg.loss + args.vf_coef * vf_loss
-                if aux is not None and self.routing.coef > 0:
-                    loss = loss + self.routing.coef * aux
+                if aux is not None:
                     stats["aux"].append(float(aux.detach()))
+                    if self.routing.coef > 0:
+                        loss = loss + self.routing.coef * aux
                 loss.backward()
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
