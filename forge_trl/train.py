@@ -65,10 +65,9 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
     if resume is None or str(resume).lower() in ("false", "none", ""):
         return None
     if str(resume).lower() == "true":
-        found = sorted(
-            (p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()),
-            key=lambda p: int(p.name.split("-", 1)[1]),
-        )
+        from forge_trl.models.checkpoint import list_checkpoints
+
+        found = list_checkpoints(output_dir)
         if not found:
             raise ConfigError(f"resume=true: no checkpoint-N directory in {output_dir}; set task.save_steps to write them")
         return str(found[-1])
@@ -82,8 +81,8 @@ def prepare_schedule(injection: Injection, model) -> list:
     from forge_trl.schedule.handoff import HandoffCallback
     from forge_trl.schedule.phases import PhaseCallback, PhaseSchedule, check_phase_groups, warn_router_only_phases
 
-    phases = getattr(injection.cfg, "phases", [])
-    handoff = injection.cfg.handoff.fades() if hasattr(injection.cfg, "handoff") else {}
+    phases = injection.cfg.phases
+    handoff = injection.cfg.handoff.fades()
     callbacks = []
     if phases:
         groups = injection.parameter_groups(model)

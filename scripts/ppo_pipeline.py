@@ -3,9 +3,9 @@
     python scripts/ppo_pipeline.py [--out outputs/ppo_pipeline] [--base <pretrained final/>] [--ppo-epochs 3]
 
 Every stage is an ordinary forge run (the commands are printed). The table compares the SFT policy with the
-PPO policy on the held-out prompts: the mean reward-model score of their greedy responses, the checker
-accuracy, the response length, and the PPO policy's KL to the SFT policy (sum over response tokens of
-log pi_ppo - log pi_sft, averaged over prompts; the same quantity PPO penalises).
+PPO policy on the held-out prompts, for greedy and for sampled (temperature 1) responses: the mean
+reward-model score, the checker accuracy, the response length, and the policy's KL to the SFT policy (sum over
+response tokens of log pi - log pi_sft on the policy's own responses, averaged; what PPO penalises).
 """
 
 from __future__ import annotations
@@ -86,31 +86,32 @@ def main() -> None:
     prompts = [r["prompt"] for r in rows]
     reward_model, reward_tokenizer = load_reward_model(str(rm))
     policies = {name: load_for_inference(str(path))[:2] for name, path in (("sft", sft), ("ppo", ppo))}
-    table = {}
-    for name, (model, tokenizer) in policies.items():
-        responses = generate(model, tokenizer, prompts, max_new_tokens=16)
-        scores = rm_scores(reward_model, reward_tokenizer, prompts, responses)
-        table[name] = {
-            "rm_score": sum(scores) / len(scores),
-            "checker": sum(check_answer(r, row["answer"]) for r, row in zip(responses, rows)) / len(rows),
-            "length": sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) / len(rows),
-            "responses": responses,
-        }
-    ppo_model, tokenizer = policies["ppo"]
-    sft_model, _ = policies["sft"]
-    ppo_responses = table["ppo"]["responses"]
-    kl = [a - b for a, b in zip(sequence_logps(ppo_model, tokenizer, prompts, ppo_responses),
-                                sequence_logps(sft_model, tokenizer, prompts, ppo_responses))]
-    table["ppo"]["kl_to_sft"] = sum(kl) / len(kl)
-    table["sft"]["kl_to_sft"] = 0.0
+    sft_model, tokenizer = policies["sft"]
+    table = []
+    # Greedy decoding shows the policy's single best answer; sampling at temperature 1 is what PPO optimises.
+    for decoding, temperature, repeats in (("greedy", None, 1), ("sampled, T=1, 4 per prompt", 1.0, 4)):
+        eval_prompts, eval_rows = prompts * repeats, rows * repeats
+        for name, (model, _) in policies.items():
+            torch.manual_seed(0)
+            responses = generate(model, tokenizer, eval_prompts, max_new_tokens=16, temperature=temperature)
+            scores = rm_scores(reward_model, reward_tokenizer, eval_prompts, responses)
+            kl = [a - b for a, b in zip(sequence_logps(model, tokenizer, eval_prompts, responses),
+                                        sequence_logps(sft_model, tokenizer, eval_prompts, responses))]
+            table.append({
+                "decoding": decoding, "policy": name,
+                "rm_score": sum(scores) / len(scores),
+                "checker": sum(check_answer(r, row["answer"]) for r, row in zip(responses, eval_rows)) / len(eval_rows),
+                "length": sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) / len(responses),
+                "kl_to_sft": sum(kl) / len(kl),
+                "example": f"{eval_prompts[1]!r} -> {responses[1]!r}",
+            })
 
     print(f"\nHeld-out prompts: {len(prompts)}; training {trained:.0f} s\n")
-    print("| policy | mean RM score | checker accuracy | response tokens | KL to SFT (nats/response) |")
-    print("|---|---|---|---|---|")
-    for name in ("sft", "ppo"):
-        row = table[name]
-        print(f"| {name} | {row['rm_score']:.3f} | {row['checker']:.1%} | {row['length']:.1f} | {row['kl_to_sft']:.3f} |")
-    print(f"\nexample: {prompts[0]!r} -> sft {table['sft']['responses'][0]!r}, ppo {table['ppo']['responses'][0]!r}")
+    print("| decoding | policy | mean RM score | checker accuracy | response tokens | KL to SFT (nats/response) | example |")
+    print("|---|---|---|---|---|---|---|")
+    for row in table:
+        print(f"| {row['decoding']} | {row['policy']} | {row['rm_score']:.3f} | {row['checker']:.1%} | "
+              f"{row['length']:.1f} | {row['kl_to_sft']:.3f} | {row['example']} |")
     (out / "ppo_pipeline_summary.json").write_text(json.dumps(table, indent=2))
 
 

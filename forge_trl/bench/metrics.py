@@ -28,8 +28,9 @@ def render_completion(tokenizer, prompt: str, completion: str) -> tuple[str, str
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
-    """Greedy responses to `prompts` (left-padded batches)."""
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
+             temperature: float | None = None) -> list[str]:
+    """Responses to `prompts` (left-padded batches): greedy, or sampled at `temperature` when it is set."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs = []
@@ -40,7 +41,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                do_sample=temperature is not None,
+                temperature=temperature,
+                top_k=0 if temperature is not None else None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )

@@ -11,6 +11,7 @@ keep PEFT's per-adapter conventions. That is what makes them honour TRL's refere
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 
 import torch
@@ -58,9 +59,9 @@ class PeftInjection(Injection):
     # The routed strategies set False: their adapters need forge's layers and cannot fold into static weights.
     standard_peft = True
 
+    @abstractmethod
     def lora_config(self, model: torch.nn.Module, head: str):
         """The PEFT config to inject (task_type already matching `head`)."""
-        raise NotImplementedError
 
     def task_type(self, head: str):
         from peft import TaskType

@@ -78,3 +78,17 @@ def write_final(
         (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
 
     return write_atomically(Path(output_dir) / "final", fill, overwrite=overwrite)
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(Path(path).name[len(CHECKPOINT_PREFIX):])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Intermediate `checkpoint-N` directories of a run, oldest first."""
+    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
+             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=checkpoint_step)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import shutil
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from transformers.trainer_utils import TrainOutput
 
 from forge_trl.errors import ModelError
 from forge_trl.injection.routing import find_recorder
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, write_atomically
 from forge_trl.rl.ppo_config import PPOConfig
 from forge_trl.rl.ppo_math import (
     AdaptiveKLController,
@@ -43,7 +43,6 @@ from forge_trl.rl.ppo_models import POLICY, PPOModels
 
 log = logging.getLogger("forge_trl")
 
-CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "ppo_state.json"
 
 
@@ -295,8 +294,6 @@ class PPOTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint_dir(self, step: int, episode: int) -> None:
-        from forge_trl.models.checkpoint import write_atomically
-
         output_dir = Path(self.args.output_dir)
 
         def fill(tmp: Path) -> None:
@@ -317,7 +314,7 @@ class PPOTrainer(Trainer):
         limit = self.args.save_total_limit
         if not limit:
             return
-        for old in sorted(list_checkpoints(output_dir), key=checkpoint_step)[:-limit]:
+        for old in list_checkpoints(output_dir)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, directory: Path) -> int:
@@ -340,12 +337,4 @@ class PPOTrainer(Trainer):
         self.models.fix_trainable_flags()
         return state["episode"]
 
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX):])
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    return [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-            if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
 
