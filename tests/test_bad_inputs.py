@@ -60,6 +60,9 @@ CASES = {
                                 "must be a multiple of it (3)"),
     "kto_batch_of_one": (None, ["task=kto", "task.per_device_train_batch_size=1"],
                          "KTO needs at least 2 examples per batch"),
+    "resume_without_checkpoints": (None, ["task=sft", "resume=true"], "resume=true: no checkpoint-N directory"),
+    "resume_missing_dir": (None, ["task=sft", "resume=./nowhere/checkpoint-3"], "is not a checkpoint directory"),
+    "ppo_without_reward_model": (None, ["task=ppo"], "task.reward_model.checkpoint_path: required"),
     "all_rows_truncated": (jsonl({"prompt": "word " * 200, "response": "2"}), ["task=sft", "data.max_length=16"],
                            "all 1 rows have an empty response"),
 }
