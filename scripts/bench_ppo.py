@@ -2,11 +2,16 @@
 that shipped PPO: training speed and peak memory on the same policy, reward model, prompts and PPO settings.
 
     FORGE_TRL_CACHE=/tmp/fcache python scripts/bench_ppo.py [--workdir outputs/bench_ppo]
-                                                            [--cases tiny qwen3-0.6b] [--steps 12]
+        [--cases tiny qwen3-0.6b] [--steps 12] [--big-steps 3] [--max-wait 900] [--retries 1]
+
+Cases: `tiny` is the built-in forge-tiny model (batch 8, --steps PPO steps, the demo prompts); `qwen3-0.6b` is
+a random-init model with Qwen3-0.6B's architecture (441.7M parameters with the tiny tokenizer's 2k vocabulary),
+fp32, batch 2, prompts of about 112 tokens, --big-steps PPO steps. Both: response length 16, 4 PPO epochs.
 
 Method
 ------
-Both sides start from the same forge SFT and reward-model checkpoints, built here with ordinary forge runs:
+Both sides start from the same forge SFT and reward-model checkpoints, built here with ordinary forge runs
+(for qwen3-0.6b from the saved random model with one SFT and one RM step: only the shapes matter there):
 
 - forge runs `task=ppo` on them directly. Its policy trains the SFT LoRA adapter further, the reference is a
   frozen copy of it, and reward and value are adapters (plus a score/value head) on the SAME base model.
@@ -18,13 +23,16 @@ Both sides start from the same forge SFT and reward-model checkpoints, built her
 Same on both sides: batch (prompts per PPO step), response length, PPO epochs, 1 minibatch, learning rate,
 KL coefficient, temperature 1.0, EOS as the stop token, fp32, no gradient checkpointing (forge's default;
 TRL's config would default to it, and to bf16), the same prompts rendered with the chat template (the demo
-suite's prompt_only rows; for the 0.6B case one demo prompt repeated to about 112 tokens).
+suite's prompt_only rows; for qwen3-0.6b one demo prompt repeated to about 112 tokens, 16 identical rows).
 
 TRL 0.29.1 is installed with `pip install --no-deps` into its own virtualenv under the work dir, which sees the
 main virtualenv's site-packages (torch, transformers, peft, accelerate, datasets) through a `.pth` file, so both
 sides run the same torch/transformers/peft; the child checks `trl.__version__`.
 
 Every measured run is its own subprocess (`--child forge|trl`), so each peak is that implementation's alone.
+Runs are sequential; before each, the script waits (up to --max-wait s) until other processes are idle, since
+on 2 cores a concurrent job slows torch's threads down many times over, and a run that other processes
+disturbed anyway (over 0.25 cores on average while timed) is repeated up to --retries times.
 
 What the numbers mean
 ---------------------
@@ -33,8 +41,9 @@ What the numbers mean
   (imports, model loading, data preparation) are excluded; each step is a rollout (generate, score, reference,
   values) plus `num_ppo_epochs` optimizer updates.
 - peak RSS: `getrusage(RUSAGE_SELF).ru_maxrss` of the child at exit: the process's high-water mark over its
-  whole life, model loading included. "RSS at train start" is the same high-water mark read at `on_train_begin`
-  (after all models are loaded, before the first rollout).
+  whole life, model loading included.
+- CPU cores used while timed: this process's CPU seconds / wall seconds over the timed steps, and the same for
+  every other process on the machine (from /proc/stat); "other" near 0 means the timing is undisturbed.
 - speed ratio = forge episodes/s / TRL episodes/s (above 1: forge is faster);
   memory ratio = forge peak RSS / TRL peak RSS (below 1: forge uses less).
 """
@@ -68,7 +77,9 @@ CASES = {
     "tiny": dict(batch=8, steps=None, prompt_tokens=None),
     "qwen3-0.6b": dict(batch=2, steps=3, prompt_tokens=112),
 }
+DEFAULT_BIG_STEPS = CASES["qwen3-0.6b"]["steps"]
 GIB = 1024 ** 3
+OTHER_LOAD_LIMIT = 0.25  # cores used by other processes above which a timing counts as disturbed
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -84,9 +95,9 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 5.0) -> float:
-    """Wait until other processes use less than `threshold_cores` cores (the machine is shared: a concurrent
-    test run distorts timings badly on 2 cores). Returns the load seen last, in cores."""
+def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.1, window_s: float = 5.0) -> float:
+    """Wait until other processes use less than `threshold_cores` cores (the machine may be shared, and a
+    concurrent job distorts timings badly on 2 cores). Returns the load seen last, in cores."""
     deadline = time.monotonic() + max_wait_s
     warned = False
     while True:
@@ -231,9 +242,9 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     if case["prompt_tokens"] is None:
         texts = demo_prompts
     else:  # one demo prompt repeated to about prompt_tokens tokens, 16 identical rows
-        unit, repeats = demo_prompts[0], 1
-        while len(chat_prompt_ids(tokenizer, " ".join([unit] * (repeats + 1)))) <= case["prompt_tokens"]:
-            repeats += 1
+        unit = demo_prompts[0]
+        length = {n: len(chat_prompt_ids(tokenizer, " ".join([unit] * n))) for n in range(1, 64)}
+        repeats = min(length, key=lambda n: abs(length[n] - case["prompt_tokens"]))
         texts = [" ".join([unit] * repeats)] * 16
         prompt_file = here / "prompts.jsonl"
         prompt_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
@@ -260,26 +271,34 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     return dict(forge=forge_spec, trl=trl_spec, prompt_lengths=(lengths[0], lengths[-1]), steps=steps)
 
 
-def measure(impl: str, python: str, spec: dict, workdir: Path, max_wait: float) -> dict:
-    """Run one implementation in its own process; returns its result JSON (timings and peak RSS)."""
+def measure(impl: str, python: str, spec: dict, workdir: Path, max_wait: float, retries: int) -> dict:
+    """Run one implementation in its own process; returns its result JSON (timings and peak RSS).
+
+    The machine may be shared: each run waits for other processes to go idle first, and a run during which
+    they used more than OTHER_LOAD_LIMIT cores on average is repeated (up to `retries` times)."""
     spec_file = workdir / spec["case"] / f"{impl}_spec.json"
     result_file = workdir / spec["case"] / f"{impl}_result.json"
-    result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(dict(spec, result=str(result_file)), indent=1), encoding="utf-8")
     cmd = [python, str(Path(__file__).resolve()), "--child", impl, "--spec", str(spec_file)]
-    load = wait_until_idle(max_wait)
-    if load >= 0.25:
-        log(f"the machine is still busy ({load:.1f} cores used by other processes); measuring anyway")
-    wall = run_logged(cmd, workdir / "logs" / f"{spec['case']}-{impl}-ppo.log", f"{spec['case']} {impl} PPO")
-    result = json.loads(result_file.read_text(encoding="utf-8"))
-    result["process_wall_s"] = wall
+    for attempt in range(retries + 1):
+        result_file.unlink(missing_ok=True)
+        load = wait_until_idle(max_wait)
+        if load >= OTHER_LOAD_LIMIT:
+            log(f"the machine is still busy ({load:.1f} cores used by other processes); measuring anyway")
+        wall = run_logged(cmd, workdir / "logs" / f"{spec['case']}-{impl}-ppo.log", f"{spec['case']} {impl} PPO")
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+        result.update(process_wall_s=wall, attempts=attempt + 1)
+        if result["other_cores"] < OTHER_LOAD_LIMIT:
+            break
+        log(f"other processes used {result['other_cores']:.2f} cores during the timed steps"
+            + ("; measuring again" if attempt < retries else "; keeping this result"))
     return result
 
 
 # ------------------------------------------------------------------------------------------------ children
 def step_timer():
-    """A TrainerCallback recording the end of every PPO step (wall clock, the machine's and this process's CPU
-    seconds) and the RSS high-water mark at train start."""
+    """A TrainerCallback recording the end of every PPO step: wall clock, the machine's and this process's CPU
+    seconds."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -287,10 +306,6 @@ def step_timer():
             self.step_ends: list[float] = []
             self.busy: list[float] = []  # machine-wide CPU seconds at each step end
             self.own: list[float] = []  # this process's CPU seconds at each step end
-            self.rss_at_train_start = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.rss_at_train_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_ends.append(time.perf_counter())
@@ -367,7 +382,6 @@ def child_main(impl: str, spec_file: str) -> None:
         own_cores=(timer.own[-1] - timer.own[0]) / (ends[-1] - ends[0]),
         other_cores=max(0.0, (timer.busy[-1] - timer.busy[0]) - (timer.own[-1] - timer.own[0])) / (ends[-1] - ends[0]),
         peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # ru_maxrss is in KiB on Linux
-        rss_at_train_start=timer.rss_at_train_start,
     )
     Path(spec["result"]).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
@@ -389,16 +403,16 @@ def machine_line() -> str:
 
 
 def print_report(results: dict, notes: list[str]) -> None:
-    print("| case | implementation | PPO steps (timed) | prompt tokens | episodes/s | peak RSS (GiB) "
-          "| RSS at train start (GiB) | CPU cores used: own / other processes |")
+    print("| case | implementation | PPO steps (timed) | batch | prompt tokens | episodes/s | peak RSS (GiB) "
+          "| CPU cores used while timed: own / other processes |")
     print("|---|---|---|---|---|---|---|---|")
     for case, r in results.items():
         lo, hi = r["prompt_lengths"]
         tokens = f"{lo}" if lo == hi else f"{lo}-{hi}"
         for impl in ("forge", "trl"):
             m = r[impl]
-            print(f"| {case} | {m['implementation']} | {m['steps']} ({m['timed_steps']}) | {tokens} "
-                  f"| {m['episodes_per_s']:.2f} | {m['peak_rss'] / GIB:.2f} | {m['rss_at_train_start'] / GIB:.2f} "
+            print(f"| {case} | {m['implementation']} | {m['steps']} ({m['timed_steps']}) | {m['batch']} | {tokens} "
+                  f"| {m['episodes_per_s']:.3f} | {m['peak_rss'] / GIB:.2f} "
                   f"| {m['own_cores']:.2f} / {m['other_cores']:.2f} |")
     print()
     print("| case | speed ratio (forge eps/s ÷ TRL eps/s) | memory ratio (forge peak ÷ TRL peak) |")
@@ -407,19 +421,24 @@ def print_report(results: dict, notes: list[str]) -> None:
         speed = r["forge"]["episodes_per_s"] / r["trl"]["episodes_per_s"]
         memory = r["forge"]["peak_rss"] / r["trl"]["peak_rss"]
         print(f"| {case} | {speed:.2f}x | {memory:.2f}x |")
+    if notes:
+        print()
     for note in notes:
-        print(f"\n{note}")
+        print(f"- {note}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="forge_trl's PPO against TRL 0.29.1's PPOTrainer: episodes/s "
+                                                 "and peak RSS (see the module docstring for the method).")
     parser.add_argument("--workdir", default="outputs/bench_ppo")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=12, help="PPO steps of the tiny case (at least 2)")
-    parser.add_argument("--big-steps", type=int, default=CASES["qwen3-0.6b"]["steps"],
+    parser.add_argument("--big-steps", type=int, default=DEFAULT_BIG_STEPS,
                         help="PPO steps of the qwen3-0.6b case (at least 2)")
     parser.add_argument("--max-wait", type=float, default=900,
                         help="seconds to wait for other processes to go idle before each measured run")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="measure again when other processes disturbed the timed steps (this many times)")
     parser.add_argument("--child", choices=("forge", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -440,23 +459,25 @@ def main() -> None:
     results, notes = {}, []
     for name in args.cases:
         prepared = prepare_case(name, workdir, args.steps)
-        results[name] = dict(prompt_lengths=prepared["prompt_lengths"],
-                             forge=measure("forge", sys.executable, prepared["forge"], workdir, args.max_wait),
-                             trl=measure("trl", str(trl_python), prepared["trl"], workdir, args.max_wait))
-        for impl in ("forge", "trl"):
-            m = results[name][impl]
+        runs = {impl: measure(impl, python, prepared[impl], workdir, args.max_wait, args.retries)
+                for impl, python in (("forge", sys.executable), ("trl", str(trl_python)))}
+        results[name] = dict(prompt_lengths=prepared["prompt_lengths"], **runs)
+        for m in runs.values():
+            per_step = ", ".join(f"{t:.1f}" for t in m["step_seconds"])
             notes.append(f"{name} / {m['implementation']}: process wall {m['process_wall_s']:.0f}s, seconds per "
-                         f"timed step {', '.join(f'{s:.1f}' for s in m['step_seconds'])}")
+                         f"timed step {per_step}"
+                         + (f"; measured {m['attempts']} times, the last kept" if m["attempts"] > 1 else ""))
     (workdir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if "qwen3-0.6b" in args.cases and args.big_steps != DEFAULT_BIG_STEPS:
+        notes.append(f"qwen3-0.6b ran {args.big_steps} PPO steps instead of the default {DEFAULT_BIG_STEPS}.")
 
     print(machine_line())
-    print(f"settings: {json.dumps(PPO)}; LoRA r={LORA['r']} alpha={LORA['alpha']} on {','.join(LORA['targets'])}; "
-          "fp32; no gradient checkpointing; batches: "
-          + ", ".join(f"{n}={CASES[n]['batch']}" for n in args.cases))
+    print(f"settings: {json.dumps(PPO)}; LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} on "
+          f"{','.join(LORA['targets'])}; fp32; no gradient checkpointing")
     print()
     print_report(results, notes)
-    print(f"\ntotal runtime of this script: {time.perf_counter() - started:.0f}s (results in {workdir / 'results.json'})")
-
+    print(f"\ntotal runtime of this script: {time.perf_counter() - started:.0f}s "
+          f"(results in {workdir / 'results.json'}, logs in {workdir / 'logs'})")
 
 if __name__ == "__main__":
     main()
