@@ -6,8 +6,8 @@ that shipped PPO: training speed and peak memory on the same policy, reward mode
 
 Cases: `tiny` is the built-in forge-tiny model (batch 8, --steps PPO steps, the demo prompts); `qwen3-0.6b` is
 a random-init model with Qwen3-0.6B's architecture (441.7M parameters with the tiny tokenizer's 1,181-token
-vocabulary),
-fp32, batch 2, prompts of about 112 tokens, --big-steps PPO steps. Both: response length 16, 4 PPO epochs.
+vocabulary), fp32, batch 2, prompts of about 112 tokens, --big-steps PPO steps. Both: response length 16, 4 PPO
+epochs.
 
 Method
 ------
