@@ -23,16 +23,15 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
-from forge_trl.config import InjectionConfig, require
+from forge_trl.config import require
 from forge_trl.injection import INJECTIONS
-from forge_trl.injection.dense_lora import check_target_keywords
 from forge_trl.injection.moe_expert_lora import StackedWeight
-from forge_trl.injection.peft_base import PeftInjection, num_decoder_layers, select_layers
+from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
 from forge_trl.injection.routing import RoutingRecorder, attach_recorder
 
 
 @dataclass
-class MixtureLoraConfig(InjectionConfig):
+class MixtureLoraConfig(LoraShapeConfig):
     name: str = "mixture_lora"
     num_experts: int = 4
     # null: every expert contributes (softmax gates); k: only the top k, renormalised.
@@ -46,22 +45,15 @@ class MixtureLoraConfig(InjectionConfig):
     target_keywords: List[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    start_layer: int = 0
-    num_layers: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()
         require(self.num_experts >= 2, "injection.num_experts", f"must be >= 2, got {self.num_experts}")
         require(self.top_k is None or 1 <= self.top_k <= self.num_experts, "injection.top_k",
                 f"must be null or between 1 and num_experts={self.num_experts}, got {self.top_k}")
-        require(self.r > 0, "injection.r", f"must be positive, got {self.r}")
-        require(self.alpha > 0, "injection.alpha", f"must be positive, got {self.alpha}")
-        require(0.0 <= self.dropout < 1.0, "injection.dropout", f"must be in [0, 1), got {self.dropout}")
         require(self.router_init_std > 0, "injection.router_init_std", "must be positive")
         require(self.aux_loss_coef >= 0, "injection.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
         require(len(self.target_keywords) > 0, "injection.target_keywords", "must name at least one layer")
-        require(self.start_layer >= 0, "injection.start_layer", "must be >= 0")
-        require(self.num_layers is None or self.num_layers > 0, "injection.num_layers", "must be positive or null")
 
 
 @dataclass
@@ -154,15 +146,9 @@ class MixtureLoraInjection(PeftInjection):
         check_target_keywords(model, self.cfg.target_keywords)
 
     def lora_config(self, model: torch.nn.Module, head: str):
-        layers = select_layers(model, self.cfg.start_layer, self.cfg.num_layers)
         config = MixtureLoraPeftConfig(
-            r=self.cfg.r,
-            lora_alpha=self.cfg.alpha,
-            lora_dropout=self.cfg.dropout,
+            **self.lora_kwargs(model, head),
             target_modules=list(self.cfg.target_keywords),
-            layers_to_transform=None if len(layers) == num_decoder_layers(model) else layers,
-            task_type=self.task_type(head),
-            bias="none",
             num_experts=self.cfg.num_experts,
             top_k=self.cfg.top_k,
             router_init_std=self.cfg.router_init_std,

@@ -20,19 +20,20 @@ from typing import List, Optional
 
 import torch
 
-from forge_trl.config import InjectionConfig, require
+from forge_trl.config import require
 from forge_trl.errors import ConfigError
 from forge_trl.injection import INJECTIONS
-from forge_trl.injection.dense_lora import check_target_keywords
-from forge_trl.injection.peft_base import PeftInjection, num_decoder_layers, select_layers
+from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
 from forge_trl.injection.routing import attach_recorder
 
 
 @dataclass
-class NativeMoeExpertLoraConfig(InjectionConfig):
+class NativeMoeExpertLoraConfig(LoraShapeConfig):
     name: str = "native_moe_expert_lora"
     r: int = 8
     alpha: float = 16.0
+    # PEFT's parameter-targeted LoRA has no dropout; only 0 is accepted.
+    dropout: float = 0.0
     # Fused expert parameters (under each MoE block's `experts`) that get LoRA.
     expert_targets: List[str] = field(default_factory=lambda: ["gate_up_proj", "down_proj"])
     attn_target_keywords: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -40,17 +41,12 @@ class NativeMoeExpertLoraConfig(InjectionConfig):
     train_router: bool = True
     # Weight of the model's own balancing loss; null: the model config's router_aux_loss_coef.
     aux_loss_coef: Optional[float] = None
-    start_layer: int = 0
-    num_layers: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.r > 0, "injection.r", f"must be positive, got {self.r}")
-        require(self.alpha > 0, "injection.alpha", f"must be positive, got {self.alpha}")
+        require(self.dropout == 0.0, "injection.dropout", "must be 0: PEFT's LoRA on fused experts has no dropout")
         require(len(self.expert_targets) > 0, "injection.expert_targets", "must name at least one parameter")
         require(self.aux_loss_coef is None or self.aux_loss_coef >= 0, "injection.aux_loss_coef", "must be >= 0")
-        require(self.start_layer >= 0, "injection.start_layer", "must be >= 0")
-        require(self.num_layers is None or self.num_layers > 0, "injection.num_layers", "must be positive or null")
 
 
 def router_class(model: torch.nn.Module) -> type | None:
@@ -126,34 +122,29 @@ class NativeMoeExpertLoraInjection(PeftInjection):
                 f"injection.expert_targets: '{missing[0]}' is not a fused expert parameter of this model; "
                 f"its experts hold: {', '.join(found)}"
             )
-        check_target_keywords(model, self.cfg.attn_target_keywords)
+        check_target_keywords(model, self.cfg.attn_target_keywords, "injection.attn_target_keywords")
 
     def lora_config(self, model: torch.nn.Module, head: str):
         from peft import LoraConfig
 
-        layers = select_layers(model, self.cfg.start_layer, self.cfg.num_layers)
-        all_layers = len(layers) == num_decoder_layers(model)
+        kwargs = self.lora_kwargs(model, head)
+        layers = kwargs["layers_to_transform"]
         # PEFT applies layers_to_transform to modules only, so with a layer selection the parameters (and the
         # routers, as modules_to_save has no layer filter either) are named one by one: "layers.2.mlp.gate".
         # With all layers the layer-relative suffix ("mlp.experts.gate_up_proj") is enough.
         expert_params = [n for names in self.expert_parameters(model).values() for n in names]
         routers = self.routers(model)
-        if all_layers:
+        if layers is None:
             target_parameters = sorted({within_layer(n) for n in expert_params})
             router_targets = sorted({within_layer(n) for n in routers})
         else:
             target_parameters = sorted(from_layers(n) for n in expert_params if layer_index(n) in layers)
             router_targets = sorted(from_layers(n) for n in routers if layer_index(n) in layers)
         return LoraConfig(
-            r=self.cfg.r,
-            lora_alpha=self.cfg.alpha,
-            lora_dropout=0.0,  # PEFT's parameter-targeted LoRA has no dropout
+            **kwargs,
             target_modules=list(self.cfg.attn_target_keywords) or None,
             target_parameters=target_parameters,
-            layers_to_transform=None if len(layers) == num_decoder_layers(model) else layers,
             modules_to_save=router_targets if self.cfg.train_router else None,
-            task_type=self.task_type(head),
-            bias="none",
         )
 
     def classify(self, name: str) -> str | None:

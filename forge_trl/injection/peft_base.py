@@ -12,10 +12,13 @@ keep PEFT's per-adapter conventions. That is what makes them honour TRL's refere
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from forge_trl.config import InjectionConfig, require
 from forge_trl.errors import ConfigError, ModelError
 from forge_trl.injection.base import HEAD_SEQ_CLS, Injection
 
@@ -26,6 +29,38 @@ FFN_MARKERS = (".mlp.", ".feed_forward.", ".ffn.", ".block_sparse_moe.")
 ROUTER_MARKERS = ("lora_router", ".gate.modules_to_save.", ".router.modules_to_save.")
 # Frozen copies that belong to no group: TRL's reference adapter and PEFT's original of a modules_to_save layer.
 FROZEN_COPY_MARKERS = (".ref.", "original_module")
+
+
+@dataclass
+class LoraShapeConfig(InjectionConfig):
+    """Keys every LoRA-based strategy shares: rank, scaling numerator (scale = alpha / r), dropout, and the
+    decoder layers [start_layer, start_layer + num_layers) to adapt (num_layers null: through the last)."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    start_layer: int = 0
+    num_layers: Optional[int] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.r > 0, "injection.r", f"must be positive, got {self.r}")
+        require(self.alpha > 0, "injection.alpha", f"must be positive, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "injection.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.start_layer >= 0, "injection.start_layer", "must be >= 0")
+        require(self.num_layers is None or self.num_layers > 0, "injection.num_layers", "must be positive or null")
+
+
+def check_target_keywords(model: torch.nn.Module, keywords: list[str], key: str = "injection.target_keywords") -> None:
+    """Every keyword must name a linear layer (or a parameter) of `model`."""
+    module_names = [name for name, _ in model.named_modules()]
+    param_names = [name for name, _ in model.named_parameters()]
+    for keyword in keywords:
+        if not any(n.split(".")[-1] == keyword for n in module_names) and not any(
+            n.endswith(f".{keyword}") for n in param_names
+        ):
+            linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise ConfigError(f"{key}: '{keyword}' matches no layer of this model; linear layers are: {', '.join(linear)}")
 
 
 def num_decoder_layers(model: torch.nn.Module) -> int:
@@ -63,10 +98,19 @@ class PeftInjection(Injection):
     def lora_config(self, model: torch.nn.Module, head: str):
         """The PEFT config to inject (task_type already matching `head`)."""
 
-    def task_type(self, head: str):
+    def lora_kwargs(self, model: torch.nn.Module, head: str) -> dict:
+        """The LoraConfig arguments every strategy shares: rank, scaling, dropout, layers and task type."""
         from peft import TaskType
 
-        return TaskType.SEQ_CLS if head == HEAD_SEQ_CLS else TaskType.CAUSAL_LM
+        layers = select_layers(model, self.cfg.start_layer, self.cfg.num_layers)
+        return dict(
+            r=self.cfg.r,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.dropout,
+            layers_to_transform=None if len(layers) == num_decoder_layers(model) else layers,
+            task_type=TaskType.SEQ_CLS if head == HEAD_SEQ_CLS else TaskType.CAUSAL_LM,
+            bias="none",
+        )
 
     def after_apply(self, model) -> None:
         """Hook for strategies that attach extra state (a routing recorder) to the wrapped model."""
