@@ -302,3 +302,36 @@ def test_export_cli_bad_input_gives_one_line_and_exit_2(args, fragment, tmp_path
     lines = [line for line in done.stderr.splitlines() if line.startswith("forge_trl:")]
     assert len(lines) == 1 and fragment in lines[0], done.stderr[-1000:]
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2}),
+])
+def test_native_moe_expert_lora_on_other_moe_families(model_type, extra, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
+    config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, **extra)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / model_type)
+    tokenizer.save_pretrained(tmp_path / model_type)
+    source = resolve_source(str(tmp_path / model_type))
+    injection = get_injection("native_moe_expert_lora").from_settings({"name": "native_moe_expert_lora"})
+    model = load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
+    groups = injection.parameter_groups(model)
+    assert {"lora", "attn_lora", "router"} <= set(groups) and len(groups["router"]) == 2
+    base_logits = load_base_model(source.base, "causal_lm", ModelConfig(), "fp32", tokenizer).eval()(IDS).logits
+    model.train()
+    recorder = find_recorder(model)
+    with recorder.collect():
+        loss = model(IDS, labels=IDS).loss
+    aux = recorder.pop_loss()  # the model's own balancing loss, from the hooked routers
+    assert aux is not None and torch.isfinite(aux)
+    (loss + aux).backward()
+    assert all(model.get_parameter(n).grad is not None for n in groups["router"])
+    perturb_adapters(model)
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        assert torch.allclose(model(IDS).logits, base_logits, atol=1e-6)

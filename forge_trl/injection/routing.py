@@ -61,8 +61,9 @@ def switch_balance_loss(probs: torch.Tensor, top_idx: torch.Tensor | None, token
 
 @dataclass
 class _LayerStats:
+    # Kept on the model's device and read only when metrics are logged, so recording never syncs a GPU.
     counts: torch.Tensor  # (N,) routed assignments per expert over the logging interval
-    entropy_sum: float = 0.0
+    entropy_sum: torch.Tensor  # () summed router entropy
     tokens: int = 0
 
 
@@ -123,14 +124,14 @@ class RoutingRecorder:
         with torch.no_grad():
             real_probs = probs if mask is None else probs[mask]
             real_idx = top_idx if mask is None or top_idx is None else top_idx[mask]
-            counts = expert_load(real_probs, real_idx).cpu() * real_probs.shape[0]
-            entropy = -(real_probs * real_probs.clamp_min(1e-12).log()).sum(-1)
+            counts = expert_load(real_probs, real_idx) * real_probs.shape[0]
+            entropy = -(real_probs * real_probs.clamp_min(1e-12).log()).sum()
             stats = self._stats.get(layer)
             if stats is None:
-                stats = self._stats[layer] = _LayerStats(torch.zeros_like(counts))
+                stats = self._stats[layer] = _LayerStats(torch.zeros_like(counts), torch.zeros_like(entropy))
             stats.counts += counts
-            stats.entropy_sum += float(entropy.sum())
-            stats.tokens += int(real_probs.shape[0])
+            stats.entropy_sum += entropy
+            stats.tokens += real_probs.shape[0]
 
     # ----------------------------------------------------------------------------------------------- results
     def pop_loss(self) -> torch.Tensor | None:
@@ -151,13 +152,14 @@ class RoutingRecorder:
             return {}
         shares, entropies, dead = [], [], []
         for layer, stats in self._stats.items():
-            total = float(stats.counts.sum())
+            counts = stats.counts.float().cpu()
+            total = float(counts.sum())
             if total == 0:
                 continue
-            share = stats.counts / total
+            share = counts / total
             num_experts = share.numel()
             shares.append(float(share.max()))
-            entropies.append(stats.entropy_sum / max(stats.tokens, 1) / math.log(num_experts))
+            entropies.append(float(stats.entropy_sum) / max(stats.tokens, 1) / math.log(num_experts))
             dead.append(float((share < DEAD_EXPERT_SHARE / num_experts).float().mean()))
             top = float(share.max())
             if top > COLLAPSE_SHARE and layer not in self._warned:
@@ -178,9 +180,12 @@ class RoutingRecorder:
 
     def expert_shares(self) -> dict[str, list[float]]:
         """Per-layer token share of each expert over the current interval (for tests and reports)."""
-        return {
-            layer: (s.counts / s.counts.sum()).tolist() for layer, s in self._stats.items() if float(s.counts.sum()) > 0
-        }
+        shares = {}
+        for layer, stats in self._stats.items():
+            counts = stats.counts.float().cpu()
+            if float(counts.sum()) > 0:
+                shares[layer] = (counts / counts.sum()).tolist()
+        return shares
 
 
 def attach_recorder(peft_model: torch.nn.Module, layer_cls: type | None, coef: float,

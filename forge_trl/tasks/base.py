@@ -62,7 +62,7 @@ class ForgeTrainerMixin:
         if aux is None:
             return out
         self._forge_aux_values = getattr(self, "_forge_aux_values", [])
-        self._forge_aux_values.append(float(aux.detach()))
+        self._forge_aux_values.append(aux.detach())  # averaged when logged: no device sync per step
         if recorder.coef == 0:
             return out
         weighted = recorder.coef * aux
@@ -84,7 +84,7 @@ class ForgeTrainerMixin:
         if self.forge_routing is not None and "loss" in logs:
             values = getattr(self, "_forge_aux_values", [])
             if values:
-                logs["moe/aux_loss"] = sum(values) / len(values)
+                logs["moe/aux_loss"] = float(torch.stack(values).float().mean())
                 values.clear()
             shares = self.forge_routing.expert_shares()
             logs.update(self.forge_routing.pop_metrics())
