@@ -1,12 +1,16 @@
-"""Trainer callbacks forge_trl adds to every run: metrics.jsonl and the loss-curve plot."""
+"""Trainer callbacks forge_trl adds to every run: metrics.jsonl, the non-finite guard, and the loss-curve plot."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
+
+log = logging.getLogger("forge_trl")
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -26,6 +30,41 @@ class MetricsFileCallback(TrainerCallback):
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=float) + "\n")
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Skip any optimizer step whose gradients are not all finite; stop after `max_in_a_row` in a row.
+
+    Dropping every gradient before the step makes the optimizer leave all weights as they were (AdamW skips
+    parameters without a gradient), so one bad batch cannot poison the run. Skips are logged and counted in
+    the logs as `nonfinite_skipped`. After `max_in_a_row` consecutive skips training stops; the run then
+    reports the failure instead of writing `final/`, and earlier checkpoints stay as they were.
+    """
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.skipped = 0
+        self.stopped_at: int | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.in_a_row = 0
+            return
+        for param in model.parameters():
+            param.grad = None
+        self.skipped += 1
+        self.in_a_row += 1
+        log.warning("non-finite loss or gradient at step %d: optimizer step skipped (%d in a row, %d in total)",
+                    state.global_step + 1, self.in_a_row, self.skipped)
+        if self.in_a_row >= self.max_in_a_row:
+            self.stopped_at = state.global_step + 1
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs and self.skipped:
+            logs["nonfinite_skipped"] = self.skipped
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

@@ -203,6 +203,8 @@ class ForgeConfig:
     overwrite: bool = False
     # Continue from a checkpoint: `true` (the newest complete `checkpoint-N` in output_dir) or its path.
     resume: Optional[str] = None
+    # Optimizer steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = 5
     seed: int = 42
     # auto: bf16 where the hardware supports it, fp32 on CPU.
     precision: str = "auto"
@@ -213,6 +215,7 @@ class ForgeConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
+        require(self.max_nonfinite_steps > 0, "max_nonfinite_steps", f"must be positive, got {self.max_nonfinite_steps}")
 
 
 SCHEMA_SUFFIX = "_schema"

@@ -38,3 +38,9 @@ class DataError(ForgeError):
 
 class ModelError(ForgeError):
     kind = "model error"
+
+
+class TrainingError(ForgeError):
+    """Training could not go on (e.g. the loss stayed non-finite); checkpoints written before stay usable."""
+
+    kind = "training error"

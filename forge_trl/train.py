@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from forge_trl.config import ForgeConfig, to_typed
-from forge_trl.errors import ConfigError
+from forge_trl.errors import ConfigError, TrainingError
 from forge_trl.injection import get_injection
 from forge_trl.injection.base import Injection
 from forge_trl.injection.full import FullConfig, FullInjection
@@ -121,7 +121,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
 
     from transformers import set_seed
 
-    from forge_trl.callbacks import MetricsFileCallback, plot_loss
+    from forge_trl.callbacks import MetricsFileCallback, NonFiniteGuard, plot_loss
     from forge_trl.models.checkpoint import write_final
     from forge_trl.models.loading import load_injected, load_tokenizer
     from forge_trl.tasks.base import TaskContext
@@ -139,6 +139,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         100.0 * trainable / max(total, 1),
     )
 
+    guard = NonFiniteGuard(cfg.max_nonfinite_steps)
     ctx = TaskContext(
         cfg=cfg,
         model=model,
@@ -147,7 +148,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         eval_dataset=data.eval,
         output_dir=output_dir,
         precision=precision,
-        callbacks=[*schedule_callbacks, MetricsFileCallback(output_dir), *extra_callbacks],
+        callbacks=[*schedule_callbacks, guard, MetricsFileCallback(output_dir), *extra_callbacks],
         routing=find_recorder(model),
         reference_drifts=any("base_ffn" in phase.trainable for phase in injection.cfg.phases),
         source=source,
@@ -155,6 +156,15 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
     )
     trainer = task.build_trainer(ctx)
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if guard.stopped_at is not None:
+        from forge_trl.models.checkpoint import list_checkpoints
+
+        saved = list_checkpoints(output_dir)
+        raise TrainingError(
+            f"stopped at step {guard.stopped_at} after {cfg.max_nonfinite_steps} optimizer steps in a row with a "
+            f"non-finite loss or gradient; no final/ was written; last good checkpoint: "
+            f"{saved[-1] if saved else 'none'}. Lower task.learning_rate or check the data"
+        )
     metrics = dict(result.metrics)
     last_loss = next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None)
     if last_loss is not None:

@@ -51,14 +51,19 @@ class ParamWatcher(TrainerCallback):
         return {n for n, p in self.model.named_parameters() if not torch.equal(p.detach(), self.start[n])}
 
 
-def train_in_process(output_dir: Path, *overrides: str, steps: int = 3) -> tuple[Path, ParamWatcher, list[dict]]:
-    """One forge run in this process (TRL is imported once per test session)."""
-    watcher = ParamWatcher()
+def train_in_process(output_dir: Path, *overrides: str, steps: int = 3,
+                     callbacks: tuple = ()) -> tuple[Path, ParamWatcher, list[dict]]:
+    """One forge run in this process (TRL is imported once per test session). A ParamWatcher among
+    `callbacks` is the one returned; otherwise one is added."""
+    watcher = next((c for c in callbacks if isinstance(c, ParamWatcher)), None)
+    if watcher is None:
+        watcher = ParamWatcher()
+        callbacks = (*callbacks, watcher)
     cfg = compose([
         f"output_dir={output_dir}", "overwrite=true", "plot=false", f"task.max_steps={steps}",
         "task.logging_steps=1", "task.per_device_train_batch_size=2", *overrides,
     ])
-    final = run(cfg, extra_callbacks=(watcher,))
+    final = run(cfg, extra_callbacks=callbacks)
     return final, watcher, read_metrics(output_dir)
 
 

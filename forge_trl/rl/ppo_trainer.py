@@ -210,6 +210,9 @@ class PPOTrainer(Trainer):
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
+                if not torch.isfinite(loss.detach()):
+                    # forge's non-finite guard has dropped the policy's gradients; the value head's go too.
+                    self.optimizer.zero_grad(set_to_none=True)
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
