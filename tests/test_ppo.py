@@ -111,3 +111,27 @@ def test_ppo_runs_on_one_base_with_every_routed_strategy(strategy, tmp_path, cap
     assert len(scores) == 2 and all(torch.isfinite(torch.tensor(scores)))
     assert ppo_metrics(metrics, "moe/aux_loss"), "the routed policy's balancing loss is part of PPO's loss"
     assert (final / "adapter_model.safetensors").is_file()
+
+
+def test_ppo_refuses_a_reward_model_with_another_tokenizer(chain, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from forge_trl.errors import ConfigError
+
+    # A different base: its own (smaller) vocabulary, so its token ids mean other things.
+    tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
+    other = tmp_path / "other-base"
+    small = AutoTokenizer.from_pretrained(str(resolve_source("forge-tiny").tokenizer_path))
+    small.add_tokens(["<|extra_token|>"])
+    config = AutoConfig.for_model("qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=len(small),
+                                  pad_token_id=small.pad_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(other)
+    small.save_pretrained(other)
+    rm, _, _ = train_in_process(tmp_path / "rm", "task=rm", "data=demo_preference", f"model.name_or_path={other}",
+                                steps=1)
+    with pytest.raises(ConfigError, match="tokenizer differs from the policy's"):
+        train_in_process(tmp_path / "ppo", "task=ppo", f"model.name_or_path={chain['sft']}",
+                         f"task.reward_model.checkpoint_path={rm}", steps=1)
+    assert not (tmp_path / "ppo" / "final").exists()
+    assert len(tokenizer) != len(small)

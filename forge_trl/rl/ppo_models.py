@@ -155,6 +155,15 @@ def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, mode
             raise ModelError(f"{rm_path}: reward adapter weight '{result.unexpected_keys[0]}' does not fit the policy")
         log.info("PPO: policy, reference, reward and value share one base model (%s)", policy_source.base_id)
     else:
+        # The critic reads the policy's token ids, so the RM must share the policy's vocabulary.
+        from forge_trl.models.loading import load_tokenizer
+
+        if load_tokenizer(rm_source.tokenizer_path).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(
+                f"task.reward_model.checkpoint_path: '{rm_path}' was trained on base {rm_source.base_id}, whose "
+                f"tokenizer differs from the policy's ({policy_source.base_id}); PPO needs a reward model with the "
+                "policy's tokenizer"
+            )
         critic = load_injected(rm_source, rm_injection, HEAD_SEQ_CLS, model_cfg, precision, tokenizer)
         reward_adapter = POLICY  # the RM's own adapter in its own model
         log.warning(
