@@ -101,3 +101,34 @@ def test_bom_crlf_and_trailing_blank_line_load(tmp_path):
                      f"data.path={tmp_path / 'data.jsonl'}", "plot=false")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "final" / "forge_run.json").is_file()
+
+
+def test_chosen_identical_to_rejected_warns_and_names_the_row(tmp_path):
+    rows = [{"prompt": "What is 1 plus 1?", "chosen": "2", "rejected": "3"},
+            {"prompt": "What is 2 plus 2?", "chosen": "4", "rejected": "4"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=dpo", "task.max_steps=1", "plot=false",
+                     f"data.path={tmp_path / 'pairs.jsonl'}", "task.per_device_train_batch_size=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr  # Hydra's logging writes to stdout
+    assert "1 rows have chosen identical to rejected" in output and "pairs.jsonl:2" in output
+
+
+def test_tokenizer_without_pad_token_is_handled(tmp_path):
+    from transformers import AutoTokenizer
+
+    from forge_trl.models.loading import resolve_source
+
+    tiny = resolve_source("forge-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(tiny.tokenizer_path)
+    tokenizer.pad_token = None
+    model_dir = tmp_path / "nopad"
+    import shutil
+
+    shutil.copytree(tiny.base, model_dir)
+    tokenizer.save_pretrained(model_dir)
+    assert AutoTokenizer.from_pretrained(model_dir).pad_token is None
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1", "plot=false",
+                     f"model.name_or_path={model_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tokenizer has no pad token; using its EOS token" in result.stdout + result.stderr

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from forge_trl.config import DataConfig
 from forge_trl.data.demo import DEMO_FILES, ensure_demo_suite
-from forge_trl.data.filters import filter_empty_labels
+from forge_trl.data.filters import filter_empty_labels, warn_identical_pairs
 from forge_trl.data.formats import to_trl_columns
 from forge_trl.data.rows import Row, read_rows
 from forge_trl.errors import ConfigError, DataError
@@ -75,6 +75,7 @@ def load_split(path: str, layout: str, data: DataConfig, tokenizer, *, apply_max
         log.warning("tokenizer has no chat template; prompt and response are joined as plain text")
     converted = _convert(rows, layout, data, chat)
     sources = [f"{row.path}:{row.line}" for row in rows]
+    warn_identical_pairs(converted, sources)
     kept, dropped = filter_empty_labels(converted, sources, tokenizer, data.max_length)
     if not kept:
         raise DataError(

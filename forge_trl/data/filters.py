@@ -61,3 +61,12 @@ def filter_empty_labels(rows: list[dict], sources: list[str], tokenizer, max_len
             dropped, max_length, first,
         )
     return [rows[i] for i in keep], dropped
+
+
+def warn_identical_pairs(rows: list[dict], sources: list[str]) -> int:
+    """Count preference rows whose chosen equals their rejected (they carry no preference) and warn once."""
+    same = [i for i, row in enumerate(rows) if "chosen" in row and row.get("chosen") == row.get("rejected")]
+    if same:
+        log.warning("%d rows have chosen identical to rejected and teach no preference (first: %s)",
+                    len(same), sources[same[0]])
+    return len(same)
