@@ -30,13 +30,7 @@ from peft.tuners.lora import LoraLayer
 from forge_trl.config import require
 from forge_trl.errors import ConfigError
 from forge_trl.injection import INJECTIONS
-from forge_trl.injection.peft_base import (
-    LoraShapeConfig,
-    PeftInjection,
-    check_target_keywords,
-    is_quantized,
-    select_layers,
-)
+from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
 from forge_trl.injection.routing import RoutingRecorder, attach_recorder
 
 FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -243,11 +237,6 @@ class MoeExpertLoraInjection(PeftInjection):
         )
         config._register_custom_module({dense_ffn_class(model): MoeExpertLoraLayer})
         return config
-
-    def apply(self, model, head):
-        if is_quantized(model) and any("base_ffn" in p.trainable for p in self.cfg.phases):
-            raise ConfigError("injection.phases: base_ffn cannot train on a quantized base model")
-        return super().apply(model, head)
 
     def after_apply(self, model) -> None:
         attach_recorder(model, MoeExpertLoraLayer, self.cfg.aux_loss_coef)

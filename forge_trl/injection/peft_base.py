@@ -119,6 +119,8 @@ class PeftInjection(Injection):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if is_quantized(model):
+            if any("base_ffn" in phase.trainable for phase in self.cfg.phases):
+                raise ConfigError("injection.phases: base_ffn cannot train on a quantized base model")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, self.lora_config(model, head))
         self.after_apply(model)
