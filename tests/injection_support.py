@@ -70,3 +70,14 @@ def train_in_process(output_dir: Path, *overrides: str, steps: int = 3,
 def groups_of(final: Path, model) -> dict[str, list[str]]:
     info = json.loads((final / "forge_run.json").read_text())
     return get_injection(info["injection"]["name"]).from_settings(info["injection"]).parameter_groups(model)
+
+
+def save_tiny_model(directory: Path, model_type: str, tokenizer, **config) -> Path:
+    """A random-init model of `model_type` (2 layers, hidden 32) with `tokenizer`, saved as a local HF dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**shape, **config})).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -14,7 +14,7 @@ from forge_trl.injection.moe_expert_lora import MoeExpertLoraLayer
 from forge_trl.injection.routing import RoutingRecorder, find_recorder, switch_balance_loss
 from forge_trl.models.checkpoint import write_final
 from forge_trl.models.loading import load_base_model, load_injected, load_tokenizer, resolve_source
-from tests.injection_support import STRATEGIES
+from tests.injection_support import STRATEGIES, save_tiny_model
 
 MODEL_NAME = {"native_moe_expert_lora": "forge-tiny-moe"}
 IDS = torch.tensor([[5, 17, 230, 41, 9, 77, 301, 12], [88, 3, 19, 640, 2, 51, 7, 400]])
@@ -201,17 +201,24 @@ def save_checkpoint(tmp_path, source, tokenizer, injection, model):
     )
 
 
-def test_moe_expert_lora_exports_qwen3_as_qwen3_moe_with_matching_logits(tmp_path):
+def train_then_export(tmp_path, source, tokenizer, injection, model, loader: str = ""):
+    """Give the adapters trained-like weights, export the checkpoint, and reload it without forge_trl.
+
+    Returns (logits of the trained model, logits of the export, export dir, (class name, model_type))."""
     from forge_trl.export import export_checkpoint
 
-    source, tokenizer, injection, model = injected("moe_expert_lora", start_layer=1)  # layer 0 stays dense
     perturb_adapters(model)
     model.eval()
     with torch.no_grad():
         trained = model(IDS).logits
-    final = save_checkpoint(tmp_path, source, tokenizer, injection, model)
-    out = export_checkpoint(str(final), str(tmp_path / "export"))
-    logits, (cls_name, model_type) = hf_logits_in_fresh_process(out, tmp_path)
+    out = export_checkpoint(str(save_checkpoint(tmp_path, source, tokenizer, injection, model)), str(tmp_path / "x"))
+    logits, meta = hf_logits_in_fresh_process(out, tmp_path, loader=loader.format(out=str(out)))
+    return trained, logits, out, meta
+
+
+def test_moe_expert_lora_exports_qwen3_as_qwen3_moe_with_matching_logits(tmp_path):
+    source, tokenizer, injection, model = injected("moe_expert_lora", start_layer=1)  # layer 0 stays dense
+    trained, logits, out, (cls_name, model_type) = train_then_export(tmp_path, source, tokenizer, injection, model)
     assert (cls_name, model_type) == ("Qwen3MoeForCausalLM", "qwen3_moe")
     assert (logits - trained).abs().max().item() < 1e-4
     config = json.loads((out / "config.json").read_text())
@@ -220,54 +227,25 @@ def test_moe_expert_lora_exports_qwen3_as_qwen3_moe_with_matching_logits(tmp_pat
 
 
 def test_moe_expert_lora_exports_llama_as_mixtral_with_matching_logits(tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from forge_trl.export import export_checkpoint
-
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
-    source = resolve_source(str(tmp_path / "llama"))
+    source = resolve_source(str(save_tiny_model(tmp_path / "llama", "llama", tokenizer)))
     injection = get_injection("moe_expert_lora").from_settings({"name": "moe_expert_lora", "num_experts": 4})
     model = load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
-    perturb_adapters(model)
-    model.eval()
-    with torch.no_grad():
-        trained = model(IDS).logits
-    final = save_checkpoint(tmp_path, source, tokenizer, injection, model)
-    out = export_checkpoint(str(final), str(tmp_path / "export"))
-    logits, (cls_name, _) = hf_logits_in_fresh_process(out, tmp_path)
+    trained, logits, _, (cls_name, _) = train_then_export(tmp_path, source, tokenizer, injection, model)
     assert cls_name == "MixtralForCausalLM"
     assert (logits - trained).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("strategy", ["dense_lora", "native_moe_expert_lora"])
 def test_mergeable_strategies_export_merged_weights(strategy, tmp_path):
-    from forge_trl.export import export_checkpoint
-
-    source, tokenizer, injection, model = injected(strategy)
-    perturb_adapters(model)
-    model.eval()
-    with torch.no_grad():
-        trained = model(IDS).logits
-    out = export_checkpoint(str(save_checkpoint(tmp_path, source, tokenizer, injection, model)), str(tmp_path / "x"))
-    logits, _ = hf_logits_in_fresh_process(out, tmp_path)
+    trained, logits, _, _ = train_then_export(tmp_path, *injected(strategy))
     assert (logits - trained).abs().max().item() < 1e-4
 
 
 def test_mixture_lora_exports_base_plus_adapter_with_a_standalone_loader(tmp_path):
-    from forge_trl.export import export_checkpoint
-
     source, tokenizer, injection, model = injected("mixture_lora", top_k=2)
-    perturb_adapters(model)
-    model.eval()
-    with torch.no_grad():
-        trained = model(IDS).logits
-    out = export_checkpoint(str(save_checkpoint(tmp_path, source, tokenizer, injection, model)), str(tmp_path / "x"))
-    logits, _ = hf_logits_in_fresh_process(out, tmp_path, loader=f"import load_mixture_lora\nmodel = load_mixture_lora.load({str(out)!r})")
+    loader = "import load_mixture_lora\nmodel = load_mixture_lora.load({out!r})"
+    trained, logits, out, _ = train_then_export(tmp_path, source, tokenizer, injection, model, loader=loader)
     assert (logits - trained).abs().max().item() < 1e-5
     plain, _ = hf_logits_in_fresh_process(out, tmp_path)  # without the loader it is the untouched base model
     with torch.no_grad():
@@ -309,15 +287,9 @@ def test_export_cli_bad_input_gives_one_line_and_exit_2(args, fragment, tmp_path
     ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2}),
 ])
 def test_native_moe_expert_lora_on_other_moe_families(model_type, extra, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id, **extra)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / model_type)
-    tokenizer.save_pretrained(tmp_path / model_type)
-    source = resolve_source(str(tmp_path / model_type))
+    source = resolve_source(str(save_tiny_model(tmp_path / model_type, model_type, tokenizer,
+                                                intermediate_size=48, **extra)))
     injection = get_injection("native_moe_expert_lora").from_settings({"name": "native_moe_expert_lora"})
     model = load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
     groups = injection.parameter_groups(model)

@@ -8,7 +8,7 @@ import torch
 from forge_trl.config import ModelConfig
 from forge_trl.models.loading import load_base_model, load_injected, load_tokenizer, resolve_source
 from forge_trl.rl.ppo_models import build_ppo_models
-from tests.injection_support import train_in_process
+from tests.injection_support import save_tiny_model, train_in_process
 
 # The policy also adapts lm_head: the random-init tiny model's logits cannot move far through the decoder
 # layers alone within a few steps, and this test is about PPO, not about the tiny model's capacity.
@@ -114,20 +114,15 @@ def test_ppo_runs_on_one_base_with_every_routed_strategy(strategy, tmp_path, cap
 
 
 def test_ppo_refuses_a_reward_model_with_another_tokenizer(chain, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from forge_trl.errors import ConfigError
 
-    # A different base: its own (smaller) vocabulary, so its token ids mean other things.
+    # A different base: its own (larger) vocabulary, so its token ids mean other things.
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    other = tmp_path / "other-base"
     small = AutoTokenizer.from_pretrained(str(resolve_source("forge-tiny").tokenizer_path))
     small.add_tokens(["<|extra_token|>"])
-    config = AutoConfig.for_model("qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=len(small),
-                                  pad_token_id=small.pad_token_id)
-    AutoModelForCausalLM.from_config(config).save_pretrained(other)
-    small.save_pretrained(other)
+    other = save_tiny_model(tmp_path / "other-base", "qwen3", small, head_dim=8)
     rm, _, _ = train_in_process(tmp_path / "rm", "task=rm", "data=demo_preference", f"model.name_or_path={other}",
                                 steps=1)
     with pytest.raises(ConfigError, match="tokenizer differs from the policy's"):

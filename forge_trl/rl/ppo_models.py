@@ -131,15 +131,15 @@ def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, mode
     from safetensors.torch import load_file
 
     from forge_trl.injection.base import HEAD_SEQ_CLS
-    from forge_trl.models.loading import load_injected, resolve_source
+    from forge_trl.models.loading import load_injected
+    from forge_trl.rl.reward import reward_source
 
     if not isinstance(policy_injection, PeftInjection):
         raise ConfigError("task=ppo trains an adapter policy; injection=full (task.full_parameter) is not supported")
-    rm_source = resolve_source(rm_path)
-    rm_info = rm_source.run_info or {}
-    if rm_source.checkpoint is None or rm_info.get("head") != HEAD_SEQ_CLS:
-        raise ConfigError(f"task.reward_model.checkpoint_path: '{rm_path}' is not a forge reward model adapter "
-                          "checkpoint; train one with task=rm")
+    rm_source = reward_source(rm_path)
+    if rm_source.checkpoint is None:
+        raise ConfigError(f"task.reward_model.checkpoint_path: '{rm_path}' is a full-parameter reward model; PPO "
+                          "builds its reward and value from an adapter RM (train it with an adapter injection)")
     rm_injection = rm_source.checkpoint_injection
     has_reference = policy_source.checkpoint is not None
     if has_reference:

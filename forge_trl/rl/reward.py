@@ -27,10 +27,10 @@ class RewardModelConfig:
                 "required: a reward model checkpoint trained with task=rm, e.g. outputs/rm/final")
 
 
-def load_reward_model(checkpoint_path: str):
-    """(frozen seq-cls model in eval mode, its tokenizer) from a forge RM checkpoint."""
+def reward_source(checkpoint_path: str):
+    """The ModelSource of a forge RM checkpoint; a ConfigError when the path is not one."""
     from forge_trl.injection.base import HEAD_SEQ_CLS
-    from forge_trl.models.loading import load_for_inference, resolve_source
+    from forge_trl.models.loading import resolve_source
 
     source = resolve_source(checkpoint_path)
     head = (source.run_info or {}).get("head")
@@ -39,6 +39,15 @@ def load_reward_model(checkpoint_path: str):
             f"task.reward_model.checkpoint_path: '{checkpoint_path}' is not a reward model (its head is "
             f"{head or 'a plain causal LM'}); train one with task=rm"
         )
+    return source
+
+
+def load_reward_model(checkpoint_path: str):
+    """(frozen seq-cls model in eval mode, its tokenizer) from a forge RM checkpoint."""
+    from forge_trl.injection.base import HEAD_SEQ_CLS
+    from forge_trl.models.loading import load_for_inference
+
+    reward_source(checkpoint_path)
     model, tokenizer, _ = load_for_inference(checkpoint_path, head=HEAD_SEQ_CLS)
     model.requires_grad_(False)
     if torch.cuda.is_available():
