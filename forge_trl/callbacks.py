@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from forge_trl.distributed import is_main_process
+
 log = logging.getLogger("forge_trl")
 
 METRICS_FILE = "metrics.jsonl"
@@ -17,12 +19,24 @@ PLOT_FILE = "loss.png"
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Append every log event as one JSON line to `<output_dir>/metrics.jsonl`."""
+    """Append every log event as one JSON line to `<output_dir>/metrics.jsonl`.
+
+    A fresh run starts a fresh file. A resumed run keeps the lines up to the step it resumes from and drops the
+    later ones (logged by the interrupted process after its last checkpoint), so the file and loss.png cover the
+    whole run once."""
 
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")  # a rerun into the same directory starts a fresh file
+        if is_main_process():  # only rank 0 appends (on_log); another rank truncating could drop its lines
+            self.path.touch()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        resumed_at = state.global_step
+        kept = [r for r in read_metrics(self.path.parent) if resumed_at and r.get("step", 0) <= resumed_at]
+        self.path.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -46,10 +60,17 @@ class NonFiniteGuard(TrainerCallback):
         self.in_a_row = 0
         self.skipped = 0
         self.stopped_at: int | None = None
+        self._model = None
+        self._params: list = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        # This runs every optimizer step: the parameter list is taken once (walking the module tree costs more
+        # than the check), and one multi-tensor norm replaces an isfinite per tensor. A non-finite element makes
+        # its tensor's norm non-finite (so does a norm that overflows, which gradient clipping already treats so).
+        if model is not self._model:
+            self._model, self._params = model, list(model.parameters())
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             self.in_a_row = 0
             return
         for param in model.parameters():

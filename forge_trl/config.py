@@ -16,16 +16,11 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from forge_trl.errors import ConfigError
+from forge_trl.bench.config import BenchConfig
+from forge_trl.errors import ConfigError, require  # noqa: F401  (schemas elsewhere import require from here)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DATA_TASKS = ("text", "sft", "preference", "prompted_preference", "prompt_only", "unpaired_preference")
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise a ConfigError naming `key` unless `condition` holds."""
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass
@@ -59,7 +54,8 @@ class DataConfig:
     path: Optional[str] = None
     # Held-out rows for evaluation during training (same layout). null: none.
     eval_path: Optional[str] = None
-    # `raw` rows are mapped to TRL columns here; `processed` loads a dataset already in TRL's columns.
+    # `raw` rows are mapped to TRL columns here; `processed` loads rows already in TRL's columns, or a tokenized
+    # cache directory written by `python -m forge_trl.preprocess` (checked against this run's tokenizer and max_length).
     format: str = "raw"
     # Row layout: text | sft | preference | prompted_preference | prompt_only | unpaired_preference.
     # null: the task's default.
@@ -212,6 +208,8 @@ class ForgeConfig:
     report_to: str = "none"
     # Draw loss.png at the end of training.
     plot: bool = True
+    # Held-out evaluation (`python -m forge_trl.bench`); see forge_trl/bench/config.py.
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
@@ -244,9 +242,31 @@ def to_typed(cfg) -> ForgeConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_object(cfg)
+        typed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(describe_omegaconf_error(exc)) from None
+    reject_undeclared_keys(cfg, typed)
+    return typed
+
+
+def reject_undeclared_keys(node, typed, prefix: str = "") -> None:
+    """Every key of the composed config must be a schema field. Hydra's `+key=value` appends keys that the
+    schema never declared (OmegaConf then sets them as stray attributes); they would be silently ignored, and
+    a `_target_` among them would look as if forge instantiated classes from the config, which it never does."""
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig
+
+    if dataclasses.is_dataclass(typed) and isinstance(node, DictConfig):
+        declared = {f.name for f in dataclasses.fields(typed)}
+        for key in node.keys():
+            if key not in declared:
+                hint = "; forge_trl never instantiates classes from a config" if str(key).startswith("_") else ""
+                raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+            reject_undeclared_keys(node._get_node(key), getattr(typed, key), f"{prefix}{key}.")
+    elif isinstance(typed, list) and isinstance(node, ListConfig):
+        for i, (item, value) in enumerate(zip(node._iter_ex(resolve=False), typed)):
+            reject_undeclared_keys(item, value, f"{prefix[:-1]}[{i}].")
 
 
 def describe_omegaconf_error(exc: BaseException) -> str:

@@ -14,16 +14,12 @@ import os
 import time
 from pathlib import Path
 
-# The demo's recipe: the tiny model starts from random weights, so it needs larger learning rates than the
-# per-task defaults, which follow the usual recipes for real pretrained models.
-STAGES = [
-    ("pretrain", ["task=pretrain", "data=demo_text", "task.num_train_epochs=10", "task.learning_rate=3e-3",
-                  "task.per_device_train_batch_size=32"]),
-    ("sft", ["task=sft", "data=demo_sft", "task.num_train_epochs=2", "task.learning_rate=5e-4",
-             "task.per_device_train_batch_size=8"]),
-    ("orpo", ["task=orpo", "data=demo_preference", "task.num_train_epochs=2", "task.learning_rate=2e-4",
-              "task.orpo_lambda=0.5", "task.per_device_train_batch_size=8"]),
-]
+from forge_trl.pipeline import DEMO_RECIPE, STAGE_DATA
+
+# The demo is path B with a pretraining stage, on the demo recipe (the tiny model starts from random weights, so
+# it needs larger learning rates than the per-task defaults, which follow the usual recipes for real models).
+STAGES = [(name, [f"task={name}", f"data={STAGE_DATA[name][0]}", *DEMO_RECIPE[name]])
+          for name in ("pretrain", "sft", "orpo")]
 
 
 def run_stage(name: str, overrides: list[str], out_root: Path, parent: Path | None) -> Path:

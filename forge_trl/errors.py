@@ -23,6 +23,12 @@ class ConfigError(ForgeError):
     kind = "config error"
 
 
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError naming `key` unless `condition` holds (the schemas' range checks)."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
 class DataError(ForgeError):
     kind = "data error"
 

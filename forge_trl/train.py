@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from forge_trl import distributed
 from forge_trl.config import ForgeConfig, to_typed
 from forge_trl.errors import ConfigError, TrainingError
 from forge_trl.injection import get_injection
@@ -61,19 +62,35 @@ def prepare_output_dir(cfg: ForgeConfig) -> Path:
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
-    """`resume=true`: the newest complete checkpoint in output_dir; a path: that checkpoint."""
+    """`resume=true`: the newest complete checkpoint in output_dir; a path: that checkpoint, if complete.
+
+    Half-written leftovers of a killed run are removed first; they are never resumed from."""
+    from forge_trl.models.checkpoint import discard_partial_checkpoints, is_complete_checkpoint, list_checkpoints
+    from forge_trl.models.loading import refuse_pickle_weights
+
+    if distributed.is_main_process():
+        for leftover in discard_partial_checkpoints(output_dir):
+            log.warning("removed %s, a checkpoint or final/ whose writing was interrupted", leftover)
     if resume is None or str(resume).lower() in ("false", "none", ""):
         return None
     if str(resume).lower() == "true":
-        from forge_trl.models.checkpoint import list_checkpoints
-
         found = list_checkpoints(output_dir)
         if not found:
-            raise ConfigError(f"resume=true: no checkpoint-N directory in {output_dir}; set task.save_steps to write them")
-        return str(found[-1])
-    if not Path(resume).is_dir():
-        raise ConfigError(f"resume: '{resume}' is not a checkpoint directory")
-    return str(resume)
+            partial = list_checkpoints(output_dir, complete_only=False)
+            detail = f" (only incomplete ones: {', '.join(p.name for p in partial)})" if partial else ""
+            raise ConfigError(f"resume=true: no checkpoint-N directory in {output_dir}{detail}; "
+                              "set task.save_steps to write them")
+        chosen = found[-1]
+    else:
+        chosen = Path(resume)
+        if not chosen.is_dir():
+            raise ConfigError(f"resume: '{resume}' is not a checkpoint directory")
+        if not is_complete_checkpoint(chosen):
+            raise ConfigError(f"resume: '{resume}' is not a complete checkpoint (no trainer state); "
+                              "resume from an earlier checkpoint-N")
+    refuse_pickle_weights(chosen, "resume checkpoint")
+    log.info("resuming from %s", chosen)
+    return str(chosen)
 
 
 def prepare_schedule(injection: Injection, model) -> list:
@@ -108,6 +125,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
 
     `extra_callbacks` (TrainerCallbacks) run after forge's own; tests use them to watch parameters."""
     cfg = to_typed(raw_cfg)
+    distributed.setup()  # before anything is logged: under `accelerate launch` only rank 0 logs info lines
     task = get_task(cfg.task.name)()
 
     # Preflight: everything that can be checked without weights fails here, before a model loads.
@@ -129,7 +147,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
     tokenizer = load_tokenizer(source.tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
-    data = prepare_data(layout, cfg.data, tokenizer)
+    data = prepare_data(layout, cfg.data, tokenizer, task_name=task.name)
     model = load_injected(source, injection, task.head, cfg.model, precision, tokenizer)
     schedule_callbacks = prepare_schedule(injection, model)
     trainable, total = trainable_summary(model)
@@ -186,15 +204,27 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         "metrics": metrics,
         "data": data.stats,
     }
-    final = write_final(
-        output_dir,
-        save_weights=lambda tmp: injection.save(trained, tmp),
-        tokenizer=tokenizer,
-        resolved_config_yaml=OmegaConf.to_yaml(raw_cfg, resolve=True),
-        run_info=run_info,
-        overwrite=cfg.overwrite,
-    )
-    if cfg.plot:
-        plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
-    log.info("wrote %s", final)
+
+    def write_outputs() -> None:
+        final = write_final(
+            output_dir,
+            save_weights=lambda tmp: injection.save(trained, tmp),
+            tokenizer=tokenizer,
+            resolved_config_yaml=OmegaConf.to_yaml(raw_cfg, resolve=True),
+            run_info=run_info,
+            overwrite=cfg.overwrite,
+        )
+        if cfg.plot:
+            plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
+        log.info("wrote %s", final)
+
+    # Every process holds the same weights after training (DDP); one writes them, the rest wait until final/ exists.
+    distributed.on_main_then_wait(write_outputs)
+    final = output_dir / "final"
+    from forge_trl.bench.runner import bench_after_training
+
+    if bench_after_training(cfg.bench):
+        from forge_trl.bench.runner import run_bench
+
+        distributed.on_main_then_wait(lambda: run_bench([str(final)], cfg.bench, cfg.bench.out or output_dir))
     return final

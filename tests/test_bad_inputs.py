@@ -132,3 +132,35 @@ def test_tokenizer_without_pad_token_is_handled(tmp_path):
                      f"model.name_or_path={model_dir}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tokenizer has no pad token; using its EOS token" in result.stdout + result.stderr
+
+
+# Huge lines. A row over forge's per-row limit (4 M characters) fails naming file:line, without echoing the line
+# and without tokenizing it; a long row under the limit loads and, like every long row, is cut at data.max_length.
+HUGE = 8_000_000  # characters
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["valid_json", "broken_json"])
+def test_huge_line_gives_a_short_one_line_error(tmp_path, closed):
+    huge = '{"prompt": "x", "response": "' + "a" * HUGE + ('"}' if closed else "")
+    (tmp_path / "data.jsonl").write_text(jsonl(GOOD_SFT) + huge + "\n", encoding="utf-8")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1",
+                     f"data.path={tmp_path / 'data.jsonl'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]
+    assert len(error_lines) == 1 and "data.jsonl:2: row is 8.0 M characters, over the 4 M limit" in error_lines[0]
+    assert len(error_lines[0]) < 300 + len(str(tmp_path)), error_lines[0][:500]
+    assert len(result.stderr) + len(result.stdout) < 20_000  # the line's content is not printed anywhere
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_megabyte_line_loads_and_is_cut_at_max_length(tmp_path):
+    story = {"prompt": "Tell a long story.", "response": "once upon a time " * 60_000}  # ~1 MB
+    (tmp_path / "data.jsonl").write_text(jsonl(GOOD_SFT, story), encoding="utf-8")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1", "plot=false",
+                     "task.per_device_train_batch_size=2", "data.max_length=64", f"data.path={tmp_path / 'data.jsonl'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "final" / "forge_run.json").read_text())
+    assert "2 training rows" in result.stdout + result.stderr, info["data"]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Both rows in one batch, each at most 64 tokens: the huge one was cut, not dropped and not kept whole.
+    assert 0 < max(r.get("num_tokens", 0) for r in metrics) <= 2 * 64

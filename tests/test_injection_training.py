@@ -110,6 +110,29 @@ def test_handoff_scales_follow_their_curves_and_fold_into_the_adapter(tmp_path):
             assert not param.any()
 
 
+def test_base_ffn_trained_by_phases_survives_final_and_the_next_stage(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE
+    from forge_trl.models.loading import load_for_inference
+
+    final, watcher, _ = train_in_process(tmp_path / "a", *base_overrides("dense_lora", "sft"),
+                                         "injection.phases=[{step:0,trainable:[lora,base_ffn]}]", steps=3)
+    saved = load_file(str(final / EXTRA_TRAINABLE_FILE))
+    assert saved and all("mlp" in name and "lora_" not in name for name in saved)
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    trained = watcher.model.eval()
+    reloaded, _, _ = load_for_inference(str(final))
+    with torch.no_grad():
+        assert torch.allclose(trained(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-5)
+    # A chained stage that does not train the FFN still carries the trained FFN weights into its own final/.
+    chained, _, _ = train_in_process(tmp_path / "b", *base_overrides("dense_lora", "sft"), f"model.name_or_path={final}",
+                                     "injection.phases=[{step:0,trainable:[attn_lora]}]", steps=1)
+    carried = load_file(str(chained / EXTRA_TRAINABLE_FILE))
+    assert carried.keys() == saved.keys() and all(torch.equal(carried[k], saved[k]) for k in saved)
+
+
 def test_handoff_curve_matches_hand_values():
     linear = HandoffConfig(start_step=10, end_step=20, end_scale=0.2, curve="linear")
     cosine = HandoffConfig(start_step=0, end_step=4, end_scale=0.0, curve="cosine")

@@ -5,6 +5,7 @@ Prompts are rendered with the tokenizer's chat template (when it has one), exact
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -27,15 +28,28 @@ def render_completion(tokenizer, prompt: str, completion: str) -> tuple[str, str
     return render_pair(tokenizer, prompt, completion + (tokenizer.eos_token or ""))
 
 
+@dataclass
+class Generation:
+    """One sampled response: its text, its number of new tokens, and whether it ended with EOS in budget."""
+
+    text: str
+    tokens: int
+    stopped: bool
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
-             temperature: float | None = None) -> list[str]:
+def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
+                       temperature: float | None = None, progress: bool = False) -> list[Generation]:
     """Responses to `prompts` (left-padded batches): greedy, or sampled at `temperature` when it is set."""
+    from tqdm.auto import tqdm
+
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs = []
+    eos = tokenizer.eos_token_id
     try:
-        for start in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
             texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             generated = model.generate(
@@ -45,13 +59,23 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 temperature=temperature,
                 top_k=0 if temperature is not None else None,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=eos,
             )
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]
-            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            for row in generated[:, batch["input_ids"].shape[1]:].tolist():
+                # generate() pads finished rows with pad (which may equal eos): the response ends at the first eos.
+                stopped = eos in row
+                kept = row[: row.index(eos)] if stopped else row
+                outputs.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), stopped))
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
+             temperature: float | None = None) -> list[str]:
+    """The texts of `generate_responses`."""
+    return [g.text for g in generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, temperature=temperature)]
 
 
 @torch.no_grad()
@@ -85,3 +109,91 @@ def preference_accuracy(model, tokenizer, rows: Sequence[dict]) -> float:
     chosen = mean_completion_logps(model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows])
     rejected = mean_completion_logps(model, tokenizer, [(r["prompt"], r["rejected"]) for r in rows])
     return sum(c > r for c, r in zip(chosen, rejected)) / max(len(rows), 1)
+
+
+def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Share of pairs whose chosen score is strictly higher (a tie counts as a miss)."""
+    return sum(c > r for c, r in zip(chosen, rejected)) / max(len(chosen), 1)
+
+
+@torch.no_grad()
+def reward_scores(reward_model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
+                  batch_size: int = 32) -> list[float]:
+    """The RM's scalar score of each (prompt, response), rendered as its training rendered pairs."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    scores: list[float] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [render_completion(tokenizer, p, r)[1]
+                     for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(reward_model.device)
+            scores.extend(reward_model(**batch).logits[:, 0].float().tolist())
+    finally:
+        tokenizer.padding_side = side
+    return scores
+
+
+def checker_accuracy(responses: Sequence[str], answers: Sequence[str], check) -> float:
+    """Share of responses that `check(response, answer)` accepts."""
+    return sum(bool(check(r, a)) for r, a in zip(responses, answers)) / max(len(responses), 1)
+
+
+def format_compliance(generations: Sequence[Generation], pattern: str | None = None) -> float:
+    """Share of responses that are non-empty, ended (EOS within the budget) and fully match `pattern` if given."""
+    import re
+
+    regex = re.compile(pattern, re.DOTALL) if pattern else None
+
+    def complies(g: Generation) -> bool:
+        return g.stopped and bool(g.text.strip()) and (regex is None or regex.fullmatch(g.text.strip()) is not None)
+
+    return sum(complies(g) for g in generations) / max(len(generations), 1)
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    """Mean, median and 90th percentile (nearest rank) of response lengths in tokens."""
+    if not lengths:
+        return {"length_mean": 0.0, "length_median": 0.0, "length_p90": 0.0}
+    ordered = sorted(lengths)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    p90 = ordered[max(0, -(-9 * n // 10) - 1)]  # nearest rank: the ceil(0.9 n)-th smallest
+    return {"length_mean": sum(ordered) / n, "length_median": float(median), "length_p90": float(p90)}
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation; None when either side is constant (the correlation is undefined)."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sxx * syy) ** 0.5
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank (so Spearman = Pearson of ranks)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            result[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return result
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    return pearson(ranks(xs), ranks(ys))
+
+
+def win_rate(outcomes: Sequence[float]) -> float:
+    """Mean of per-prompt outcomes: 1 = the target won, 0 = the baseline won, 0.5 = a tie."""
+    return sum(outcomes) / max(len(outcomes), 1)

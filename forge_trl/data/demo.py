@@ -288,13 +288,15 @@ def ensure_demo_suite(seed: int = 0) -> dict[str, Path]:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{random.SystemRandom().getrandbits(32):08x}")
     try:
         generate_demo_suite(tmp, seed)
-        if target.exists():  # incomplete (files deleted by hand): replace it
-            shutil.rmtree(target, ignore_errors=True)
         try:
-            os.rename(tmp, target)
-        except OSError:  # another process put a suite there first; identical content, so use theirs
-            if not all(p.is_file() for p in paths.values()):
-                raise
+            os.rename(tmp, target)  # no suite yet: it appears whole
+        except OSError:
+            # A suite is there: another process's (every rank of a launch gets here at once), or one with files
+            # deleted by hand. Only its missing files are filled in, each by an atomic rename of identical content,
+            # so no caller can see a file vanish or appear half-written, whatever the interleaving.
+            for path in paths.values():
+                if not path.is_file():
+                    os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from forge_trl.errors import DataError
 
+# A row longer than this is refused rather than tokenized: no max_length comes near it, and tokenizing a single
+# multi-megabyte row takes tens of seconds and gigabytes before truncation could cut it (8.5 MB: ~50 s, ~2.9 GB).
+MAX_ROW_CHARS = 4_000_000
+
 
 @dataclass
 class Row:
@@ -39,6 +43,9 @@ def _read_jsonl(path: Path) -> list[Row]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_ROW_CHARS:
+            raise DataError(f"row is {len(line) / 1e6:.1f} M characters, over the {MAX_ROW_CHARS / 1e6:.0f} M limit; "
+                            "split long documents into several rows", path=str(path), line=number)
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -150,7 +150,11 @@ class PeftInjection(Injection):
         return groups
 
     # -------------------------------------------------------------------------------------------- weights
+    # Base weights trained by `base_ffn` phases live outside the adapter; a checkpoint carries them beside it.
+    carries_base_ffn = False
+
     def save(self, model, out_dir: Path) -> None:
+        self._save_base_ffn(model, Path(out_dir))
         if self.standard_peft:
             model.save_pretrained(out_dir, selected_adapters=[ADAPTER_NAME], safe_serialization=True)
             return
@@ -159,6 +163,27 @@ class PeftInjection(Injection):
 
         state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(out_dir) / ADAPTER_FILE))
+
+    def _save_base_ffn(self, model, out_dir: Path) -> None:
+        """The FFN base weights, when this run trained them (or inherited trained ones from its checkpoint)."""
+        from safetensors.torch import save_file
+
+        from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE
+
+        if not (self.carries_base_ffn or any("base_ffn" in phase.trainable for phase in self.cfg.phases)):
+            return
+        params = dict(model.named_parameters())
+        names = self.parameter_groups(model).get("base_ffn", [])
+        save_file({n: params[n].detach().contiguous().cpu() for n in names}, str(out_dir / EXTRA_TRAINABLE_FILE))
+
+    def _load_base_ffn(self, model, ckpt_dir: Path) -> None:
+        from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE, restore_named_parameters
+
+        path = Path(ckpt_dir) / EXTRA_TRAINABLE_FILE
+        if not path.is_file():
+            return
+        restore_named_parameters(model, path)
+        self.carries_base_ffn = True
 
     def load_weights(self, model, ckpt_dir: Path) -> None:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -186,6 +211,7 @@ class PeftInjection(Injection):
         result = set_peft_model_state_dict(model, {**current, **saved}, adapter_name=ADAPTER_NAME)
         if result.unexpected_keys:
             raise ModelError(f"{path}: weights '{result.unexpected_keys[0]}' do not fit the model")
+        self._load_base_ffn(model, ckpt_dir)
 
     def merged(self, model):
         if self.standard_peft:

@@ -1,7 +1,9 @@
 """Forge checkpoints: `final/` = weights (safetensors) + tokenizer + resolved_config.yaml + forge_run.json.
 
 `final/` is written into a temporary sibling and renamed into place, so it is either complete or absent:
-a crash or a bad input never leaves a half-written `final/`.
+a crash or a bad input never leaves a half-written `final/`. Intermediate `checkpoint-N/` directories are staged
+the same way (forge's Trainer hook in tasks/base.py, and forge's PPO), so a process killed while saving leaves the
+previous checkpoint as the newest one that `resume=true` finds.
 """
 
 from __future__ import annotations
@@ -81,14 +83,62 @@ def write_final(
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# The file each kind of checkpoint writes last: its presence means the checkpoint is complete even where it was
+# written in place (by an older forge_trl, or by plain transformers). HF Trainer's state, and forge's PPO state.
+COMPLETE_MARKERS = ("trainer_state.json", "ppo_state.json")
+# Trained weights that a PEFT adapter checkpoint does not hold (the base FFN in `base_ffn` phases).
+EXTRA_TRAINABLE_FILE = "forge_trainable.safetensors"
+STAGING_SUFFIX = ".partial"
 
 
 def checkpoint_step(path: Path) -> int:
     return int(Path(path).name[len(CHECKPOINT_PREFIX):])
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Intermediate `checkpoint-N` directories of a run, oldest first."""
+def is_complete_checkpoint(path: Path) -> bool:
+    return any((Path(path) / marker).is_file() for marker in COMPLETE_MARKERS)
+
+
+def list_checkpoints(output_dir: Path, *, complete_only: bool = True) -> list[Path]:
+    """Intermediate `checkpoint-N` directories of a run, oldest first; by default only complete ones."""
     found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()
+             and (not complete_only or is_complete_checkpoint(p))]
     return sorted(found, key=checkpoint_step)
+
+
+def staging_dir(output_dir: Path) -> Path:
+    """Where a checkpoint is written before it is renamed into `output_dir`. The name carries no process id, so
+    every rank of a multi-process run writes its shards into the same place; the leading dot keeps it out of
+    `list_checkpoints` and out of transformers' own `checkpoint-N` search."""
+    return Path(output_dir) / f".{CHECKPOINT_PREFIX}staging{STAGING_SUFFIX}"
+
+
+def discard_partial_checkpoints(output_dir: Path) -> list[Path]:
+    """Remove what a killed process left half-written: staged checkpoints and temporary `final/` or PPO
+    checkpoint siblings. Returns what was removed."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    leftovers = [p for p in output_dir.iterdir() if p.is_dir() and (
+        p.name.startswith(f".{CHECKPOINT_PREFIX}") or p.name.startswith((".final.tmp-", ".final.old-")))]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(leftovers)
+
+
+def restore_named_parameters(model, path: Path) -> None:
+    """Copy the tensors of a safetensors file into `model`'s parameters of the same names (in place)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from forge_trl.errors import ModelError
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(str(path)).items():
+            if name not in params or params[name].shape != value.shape:
+                raise ModelError(f"{path}: '{name}' does not fit the model; was it trained with another base model "
+                                 "or other injection settings?")
+            params[name].copy_(value)
+

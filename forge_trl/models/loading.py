@@ -41,6 +41,43 @@ class ModelSource:
         return get_injection(settings["name"]).from_settings(settings)
 
 
+# Weight formats that torch.load unpickles. Unpickling can run code, so forge_trl reads weights only from
+# safetensors, wherever they come from (a model directory, a forge checkpoint, a resume checkpoint).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Trainer state that transformers itself saves next to the weights in checkpoint-N and reads back with
+# torch.load(weights_only=True), whose unpickler builds only tensors and plain containers; training_args.bin
+# is never read back.
+TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")
+CONVERT_HINT = ("convert it to safetensors, e.g. AutoModelForCausalLM.from_pretrained(dir, use_safetensors=False)"
+                ".save_pretrained(dir) in a trusted environment")
+
+
+def _is_trainer_state(name: str) -> bool:
+    return name in TRAINER_STATE_FILES or (name.startswith("rng_state") and name.endswith(".pth"))
+
+
+def refuse_pickle_weights(directory: str | Path, what: str) -> None:
+    """Raise ModelError when `directory` holds weights only in a pickle format (no *.safetensors)."""
+    directory = Path(directory)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in directory.iterdir()
+                     if p.is_file() and p.suffix in PICKLE_SUFFIXES and not _is_trainer_state(p.name))
+    if pickles:
+        raise ModelError(f"{what} '{pickles[0]}' is a pickle weight file and forge_trl loads only safetensors "
+                         f"(unpickling can run code); {CONVERT_HINT}")
+
+
+def custom_code_error(where: str, exc: Exception) -> ModelError | None:
+    """transformers' refusal to run a repository's own code, as a forge error naming the key that allows it."""
+    if "trust_remote_code" not in str(exc):
+        return None
+    return ModelError(
+        f"'{where}' needs its own Python code to load (auto_map in its config); forge_trl runs a model's code only "
+        "with model.trust_remote_code=true. Set it only if you trust that code"
+    )
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
@@ -55,6 +92,7 @@ def resolve_source(name_or_path: str) -> ModelSource:
         if not path.is_dir():
             raise ModelError(f"model.name_or_path '{name_or_path}' is a file; expected a model directory or hub id")
         info = read_run_info(path)
+        refuse_pickle_weights(path, "model.name_or_path" if info is None else "forge checkpoint")
         if info is not None and info.get("injection", {}).get("name", "full") != "full":
             base = resolve_source(info["base_model"])
             return ModelSource(name_or_path, str(path), base.base, base.base_id, checkpoint=path, run_info=info)
@@ -91,7 +129,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}") from None
+        raise custom_code_error(path, exc) or ModelError(
+            f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         # Batched training needs a pad token; EOS is the usual stand-in and is masked out of every loss.
         tokenizer.pad_token = tokenizer.eos_token
@@ -137,12 +176,13 @@ def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
         first = str(exc).splitlines()[0]
         if "safetensors" in first or "pytorch_model.bin" in first:
             raise ModelError(
-                f"'{base}' has no safetensors weights; forge_trl refuses pickle checkpoints (convert them with "
-                "save_pretrained(safe_serialization=True))"
+                f"'{base}' has no safetensors weights and forge_trl loads only safetensors (unpickling can run "
+                f"code); {CONVERT_HINT}"
             ) from None
         raise ModelError(f"cannot load model '{base}': {first}") from None
     except ValueError as exc:
-        raise ModelError(f"cannot load model '{base}': {str(exc).splitlines()[0]}") from None
+        raise custom_code_error(base, exc) or ModelError(
+            f"cannot load model '{base}': {str(exc).splitlines()[0]}") from None
     if head == HEAD_SEQ_CLS:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from forge_trl.data.demo import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ensure_demo_suite
@@ -114,6 +115,20 @@ def build_model(name: str, tokenizer, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def _wait_for_build(target: Path, timeout_s: float = 600.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not (target / "config.json").is_file():
+        if time.monotonic() > deadline:
+            from forge_trl.errors import ModelError
+
+            raise ModelError(
+                f"{target}: waited {timeout_s:.0f} s for rank 0 to build the built-in model; build it once before "
+                "launching (python -c 'from forge_trl.models.tiny import ensure_tiny; ensure_tiny()')"
+            )
+        time.sleep(0.1)
+    return target
+
+
 def ensure_tiny(name: str = "forge-tiny") -> Path:
     """Return the directory of the built-in model `name`, building it on first use."""
     if name not in MODEL_CONFIGS:
@@ -123,7 +138,9 @@ def ensure_tiny(name: str = "forge-tiny") -> Path:
     target = cache_root() / f"{name}-{_build_key(name, corpus)}"
     if (target / "config.json").is_file():
         return target
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    # Every rank of a multi-process launch may get here at once: each builds into its own directory and the first
+    # rename wins. The random part keeps two hosts sharing a cache (same pid by chance) apart.
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = build_tokenizer(corpus.decode("utf-8").splitlines())
     model = build_model(name, tokenizer)
@@ -131,8 +148,16 @@ def ensure_tiny(name: str = "forge-tiny") -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if not (tmp / "config.json").is_file():
+        # Inside an initialised torch.distributed group, save_pretrained writes model files on rank 0 only, so this
+        # rank holds a tokenizer without a model. Renaming that into place would poison the cache; rank 0 is
+        # building the same directory, so wait for its build instead.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _wait_for_build(target)
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished the same build first
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise  # not that: a real failure to move the build into place
     return target

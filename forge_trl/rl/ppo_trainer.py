@@ -26,7 +26,7 @@ import torch
 from transformers import Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from forge_trl.errors import ModelError
+from forge_trl.errors import ConfigError, ModelError
 from forge_trl.injection.routing import find_recorder
 from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, write_atomically
 from forge_trl.rl.ppo_config import PPOConfig
@@ -67,7 +67,8 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     """Log-probs of `tokens` (B, T) under `logits` (B, T, V), and the entropy of each distribution."""
     logps = torch.log_softmax(logits.float() / temperature, dim=-1)
     chosen = logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logps.exp() * logps).sum(-1)
+    with torch.no_grad():  # a statistic only: with a graph it would hold a (B, T, V) tensor until the next step
+        entropy = torch.stack([-(row.exp() * row).sum(-1) for row in logps])
     return chosen, entropy
 
 
@@ -75,6 +76,14 @@ class PPOTrainer(Trainer):
     """Proximal policy optimisation over prompt-only data with an adapter policy and a forge reward model."""
 
     def __init__(self, models: PPOModels, args: PPOConfig, train_dataset, processing_class, callbacks=None):
+        if args.world_size > 1:
+            # This loop never wraps the models for data parallelism: every process would sample the same prompts,
+            # step on its own gradients and write the same checkpoints, so N processes would be N racing copies.
+            raise ConfigError(
+                f"task=ppo runs in a single process; this launch has {args.world_size}. forge's PPO does not "
+                "synchronise gradients across processes yet: run `python -m forge_trl task=ppo ...` without "
+                "accelerate launch / torchrun"
+            )
         self.models = models
         self.tokenizer = processing_class
         self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else processing_class.eos_token_id
@@ -115,8 +124,11 @@ class PPOTrainer(Trainer):
         return torch.cat([fn(*(t[i:i + size] for t in tensors)) for i in range(0, tensors[0].shape[0], size)])
 
     def _policy_logprobs(self, sequences, attention, positions, context: int):
+        # Logits of the response positions only (context - 1 .. T - 2): the LM head and the (B, T, V) log-softmax
+        # then cost response_length, not the whole sequence, per row.
+        keep = sequences.shape[1] - context + 1
         logits = self.models.policy(input_ids=sequences, attention_mask=attention, position_ids=positions,
-                                    use_cache=False).logits[:, context - 1:-1]
+                                    use_cache=False, logits_to_keep=keep).logits[:, :-1]
         return token_logprobs(logits, sequences[:, context:], self.args.temperature)
 
     def _values(self, sequences, attention, positions, context: int):

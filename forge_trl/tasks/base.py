@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from forge_trl.config import ForgeConfig, TaskConfig
 from forge_trl.errors import ConfigError
 from forge_trl.injection.base import HEAD_CAUSAL_LM
 from forge_trl.injection.routing import RoutingRecorder
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, EXTRA_TRAINABLE_FILE, restore_named_parameters, staging_dir
 
 ROUTING_FILE = "routing.jsonl"
 
@@ -48,9 +51,19 @@ class TaskContext:
 
 class ForgeTrainerMixin:
     """Mixed into every TRL trainer forge builds: adds the routed injections' balancing loss to the task loss
-    and their routing metrics to the training logs, whatever the trainer's own MoE support."""
+    and their routing metrics to the training logs, whatever the trainer's own MoE support; and makes its
+    intermediate checkpoints atomic and complete (see `_save_checkpoint`)."""
 
     forge_routing: RoutingRecorder | None = None
+    _forge_staging: Path | None = None  # set only while a checkpoint is being staged
+
+    def _prepare_dataset(self, dataset, *args, **kwargs):
+        # A `forge_trl.preprocess` preference cache is already tokenized exactly as DPOTrainer would do it.
+        from forge_trl.data.preprocess import is_pretokenized_preference
+
+        if is_pretokenized_preference(dataset):
+            return dataset
+        return super()._prepare_dataset(dataset, *args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         recorder = self.forge_routing
@@ -94,6 +107,88 @@ class ForgeTrainerMixin:
                 with (Path(self.args.output_dir) / ROUTING_FILE).open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
         return super().log(logs, *args, **kwargs)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _get_output_dir(self, trial):
+        if self._forge_staging is not None:
+            return str(self._forge_staging)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write `checkpoint-N` as transformers does, but into a hidden staging directory, and rename it into
+        place only once every file is there.
+
+        transformers 5.23 writes straight into `checkpoint-N` (weights, then optimizer, RNG, trainer_state.json),
+        so a process killed mid-save leaves a directory that looks like the newest checkpoint but lacks some of
+        its state. Staged, a killed save leaves only the staging directory, which `resume=true` never considers
+        and the next run discards. Rotation runs after the rename, so the previous checkpoint is deleted only
+        once its successor is complete."""
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        staging = staging_dir(run_dir)
+        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._forge_staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._forge_staging = None
+        staged, target = staging / name, run_dir / name
+        if self.args.should_save:
+            self._forge_save_extra_trainable(staged)
+            self._forge_point_best_checkpoint_at(run_dir, staged)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if target.exists():  # the same step saved again: swap, so a checkpoint-N exists at every moment
+                old = run_dir / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(staged, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staged, target)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _forge_point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
+        """transformers looked for the best checkpoint in the staging directory; record its final place."""
+        best_step = self.state.best_global_step
+        if not best_step:
+            return
+        best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
+        if best_step == self.state.global_step or best.is_dir():
+            self.state.best_model_checkpoint = str(best)
+            self.state.save_to_json(str(staged / "trainer_state.json"))
+
+    def _forge_extra_trainable(self, model) -> dict[str, torch.nn.Parameter]:
+        """Parameters the optimizer updates that a PEFT adapter checkpoint leaves out: base weights trained by
+        `base_ffn` phases. Without them a resumed run would restart those weights from the base model. (Anything
+        not named `lora_` is taken, so a `modules_to_save` head is stored twice; it is small.)"""
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel) or self.optimizer is None:
+            return {}
+        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return {name: p for name, p in model.named_parameters() if id(p) in optimized and "lora_" not in name}
+
+    def _forge_save_extra_trainable(self, checkpoint: Path) -> None:
+        from safetensors.torch import save_file
+
+        extra = self._forge_extra_trainable(self.accelerator.unwrap_model(self.model))
+        if extra:
+            tensors = {n: p.detach().contiguous().cpu() for n, p in extra.items()}
+            save_file(tensors, str(checkpoint / EXTRA_TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / EXTRA_TRAINABLE_FILE
+        if path.is_file():
+            restore_named_parameters(model if model is not None else self.model, path)
 
 
 def forge_trainer_class(trainer_cls: type) -> type:

@@ -1,0 +1,112 @@
+"""bench.json, the markdown table on stdout, and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+# (key, column title, format): the table's columns in order; a column appears when any row has the metric.
+COLUMNS = [
+    ("checker_accuracy", "checker acc", "pct"),
+    ("format_compliance", "format ok", "pct"),
+    ("length_mean", "len mean", "num1"),
+    ("length_p90", "len p90", "num1"),
+    ("preference_accuracy", "pref acc", "pct"),
+    ("rm_accuracy", "RM pair acc", "pct"),
+    ("rm_chosen_mean", "RM chosen", "num3"),
+    ("rm_rejected_mean", "RM rejected", "num3"),
+    ("rm_score", "RM score", "num3"),
+    ("rm_score_gain", "RM score gain", "signed3"),
+    ("rm_length_corr", "RM~length ρ", "signed3"),
+    ("win_rate", "win rate", "pct"),
+]
+# Metrics in [0, 1] that the bar chart compares across checkpoints.
+RATE_METRICS = ["checker_accuracy", "format_compliance", "preference_accuracy", "rm_accuracy", "win_rate"]
+
+
+def _fmt(value, style: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if style == "pct":
+        return f"{value:.1%}"
+    if style == "num1":
+        return f"{value:.1f}"
+    if style == "signed3":
+        return f"{value:+.3f}"
+    return f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict], *, first=("label", "checkpoint"), extra: list[tuple[str, str, str]] = ()) -> str:
+    """A markdown table of `rows` over the COLUMNS (and `extra` columns first) that any row has."""
+    columns = [c for c in [*extra, *COLUMNS] if any(c[0] in row for row in rows)]
+    lines = ["| " + " | ".join([first[1], *(c[1] for c in columns)]) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for row in rows:
+        cells = [str(row.get(first[0], ""))] + [_fmt(row.get(key), style) if style else str(row.get(key, ""))
+                                                 for key, _, style in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_table(report: dict) -> None:
+    held = report["heldout"]
+    print(f"\nbench: {held['prompts']} held-out prompts ({report['decoding']}), {held['pairs']} preference pairs"
+          + (f"; judge {report['judge']} vs baseline {report['baseline']}" if report.get("judge") else ""))
+    print(markdown_table(report["checkpoints"]))
+    for row in report["checkpoints"]:
+        if row.get("example"):
+            print(f"  {row['label']}: {row['example']}")
+
+
+def write_report(report: dict, out_dir: Path) -> Path:
+    """bench.json, written to a temporary name first so that a crash never leaves half a file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "bench.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """bench_metrics.png (rate metrics per checkpoint) and bench_scores.png (RM score histograms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["checkpoints"]
+    written = []
+    metrics = [m for m in RATE_METRICS if any(row.get(m) is not None for row in rows)]
+    if metrics:
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) * len(metrics) ** 0.5 + 2), 4))
+        width = 0.8 / len(metrics)
+        for j, metric in enumerate(metrics):
+            xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+            ax.bar(xs, [row.get(metric) or 0.0 for row in rows], width, label=metric.replace("_", " "))
+        ax.set_xticks(range(len(rows)), [row["label"] for row in rows], rotation=20, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share of held-out rows")
+        ax.set_title("bench: held-out metrics per checkpoint")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        written.append(out_dir / "bench_metrics.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    scored = [row for row in rows if row.get("scores")]
+    if scored:
+        fig, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.4), squeeze=False)
+        for ax, row in zip(axes[0], scored):
+            for name, values in row["scores"].items():
+                ax.hist(values, bins=20, alpha=0.6, label=f"{name} (mean {sum(values) / len(values):.2f})")
+            ax.set_title(f"{row['label']}: RM scores", fontsize=10)
+            ax.set_xlabel("score")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out_dir / "bench_scores.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
