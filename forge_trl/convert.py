@@ -27,7 +27,7 @@ from pathlib import Path
 
 from forge_trl.data.formats import LAYOUTS, to_trl_columns
 from forge_trl.data.rows import Row, read_rows
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, DataError, ForgeError
+from forge_trl.errors import ConfigError, DataError, run_command
 
 log = logging.getLogger("forge_trl")
 
@@ -216,15 +216,14 @@ def convert(args: ConvertArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    try:
+
+    def work() -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         count = convert(args)
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    checked = f"; every row is a valid {args.layout} row" if args.layout else ""
-    print(f"wrote {count} rows to {args.out}{checked}")
-    return 0
+        checked = f"; every row is a valid {args.layout} row" if args.layout else ""
+        print(f"wrote {count} rows to {args.out}{checked}")
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ The CLI prints it on one line and exits with status 2; tracebacks are reserved f
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 EXIT_USER_ERROR = 2
 
 
@@ -50,3 +53,14 @@ class TrainingError(ForgeError):
     """Training could not go on (e.g. the loss stayed non-finite); checkpoints written before stay usable."""
 
     kind = "training error"
+
+
+def run_command(action: Callable[[], object]) -> int:
+    """Run a command-line entry point's work: 0 when it succeeds; a ForgeError becomes its one line on stderr and
+    exit status 2 (tracebacks stay for bugs)."""
+    try:
+        action()
+    except ForgeError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0

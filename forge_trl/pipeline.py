@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
+from forge_trl.errors import ConfigError, run_command
 
 log = logging.getLogger("forge_trl.pipeline")
 
@@ -199,34 +199,33 @@ def main(argv: list[str] | None = None) -> int:
     from forge_trl.cli import quiet_third_party_logs
 
     quiet_third_party_logs()
-    try:
-        args = parse_args(argv)
-        out = Path(args.out)
-        stages = plan(args.paths, args.runs_pretrain)
-        all_overrides = {s.name: stage_overrides(s, args, out) for s in stages}  # data files checked up front
-        started = time.time()
-        finals = {}
-        for stage in stages:
-            finals[stage.name] = run_stage(stage, all_overrides[stage.name], out)
-        trained = time.time() - started
+    return run_command(lambda: run_pipeline(parse_args(argv)))
 
-        from forge_trl.bench.__main__ import bench_config
-        from forge_trl.bench.runner import run_bench
 
-        base = finals.get("pretrain") or _base_model_name(args.model)
-        names = ["base", *(s.name for s in stages if s.name != "pretrain")]
-        checkpoints = [str(base), *(str(finals[n]) for n in names[1:])]
-        bench_cfg = bench_config([*PIPELINE_BENCH, *bench_sources(args), *args.bench_overrides])
-        report = run_bench(checkpoints, bench_cfg, bench_cfg.out or out, labels=names)
-        report["train_seconds"] = round(trained, 1)
-        report["total_seconds"] = round(time.time() - started, 1)
-        (out / "pipeline_summary.json").write_text(json.dumps(report, indent=2))
-        print(f"\npaths {','.join(args.paths)}: training {trained:.0f} s, with bench {time.time() - started:.0f} s; "
-              f"runs under {out}/")
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+def run_pipeline(args: PipelineArgs) -> None:
+    """Train the planned stages (reusing finished ones), then bench them all in one table."""
+    out = Path(args.out)
+    stages = plan(args.paths, args.runs_pretrain)
+    all_overrides = {s.name: stage_overrides(s, args, out) for s in stages}  # data files checked up front
+    started = time.time()
+    finals = {}
+    for stage in stages:
+        finals[stage.name] = run_stage(stage, all_overrides[stage.name], out)
+    trained = time.time() - started
+
+    from forge_trl.bench.__main__ import bench_config
+    from forge_trl.bench.runner import run_bench
+
+    base = finals.get("pretrain") or _base_model_name(args.model)
+    names = ["base", *(s.name for s in stages if s.name != "pretrain")]
+    checkpoints = [str(base), *(str(finals[n]) for n in names[1:])]
+    bench_cfg = bench_config([*PIPELINE_BENCH, *bench_sources(args), *args.bench_overrides])
+    report = run_bench(checkpoints, bench_cfg, bench_cfg.out or out, labels=names)
+    report["train_seconds"] = round(trained, 1)
+    report["total_seconds"] = round(time.time() - started, 1)
+    (out / "pipeline_summary.json").write_text(json.dumps(report, indent=2))
+    print(f"\npaths {','.join(args.paths)}: training {trained:.0f} s, with bench {time.time() - started:.0f} s; "
+          f"runs under {out}/")
 
 
 def _base_model_name(model_group: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
+from forge_trl.errors import ConfigError, run_command
 
 USAGE = ("usage: python -m forge_trl.preprocess out=<cache dir> [overwrite=true] task=<sft|pretrain|dpo> "
          "[data.path=<jsonl or dataset dir>] [model.name_or_path=...] [data.max_length=N] [other run overrides]")
@@ -69,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     from forge_trl.cli import quiet_third_party_logs
 
     quiet_third_party_logs()
-    try:
+
+    def work() -> None:
         own, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         result = preprocess(own, overrides)
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    state = "up to date" if result.reused else "written"
-    print(f"{result.out}: {result.rows} rows {state} ({result.rows_read} read, {result.filtered_empty} filtered); "
-          f"train with data.format=processed data.path={result.out}")
-    return 0
+        state = "up to date" if result.reused else "written"
+        print(f"{result.out}: {result.rows} rows {state} ({result.rows_read} read, {result.filtered_empty} "
+              f"filtered); train with data.format=processed data.path={result.out}")
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
+from forge_trl.errors import EXIT_USER_ERROR, ConfigError, run_command
 
 # Held-out metrics a sweep report shows, when the jobs have them (the bench's rates and scores).
 METRICS = ["checker_accuracy", "format_compliance", "preference_accuracy", "rm_accuracy", "rm_score",
@@ -152,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR
-    try:
-        report(argv[0])
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return run_command(lambda: report(argv[0]))
 
 
 if __name__ == "__main__":

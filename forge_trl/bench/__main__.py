@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
+from forge_trl.errors import ConfigError, run_command
 
 USAGE = "usage: python -m forge_trl.bench <checkpoint> [<checkpoint> ...] [bench.<key>=<value> ...]"
 
@@ -47,15 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     from forge_trl.cli import quiet_third_party_logs
 
     quiet_third_party_logs()
-    try:
+
+    def work() -> None:
         checkpoints, cfg = parse_args(sys.argv[1:] if argv is None else argv)
         from forge_trl.bench.runner import run_bench
 
         run_bench(checkpoints, cfg, cfg.out or "outputs/bench")
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
+from forge_trl.errors import ConfigError, run_command
 
 USAGE = "usage: python -m forge_trl.export checkpoint=<run>/final out=<dir> [overwrite=true]"
 
@@ -28,15 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     from forge_trl.cli import quiet_third_party_logs
 
     quiet_third_party_logs()
-    try:
+
+    def work() -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         from forge_trl.export import export_checkpoint
 
         export_checkpoint(args["checkpoint"], args["out"], overwrite=args.get("overwrite", "false").lower() == "true")
-    except ForgeError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

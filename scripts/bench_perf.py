@@ -1,0 +1,633 @@
+"""forge_trl's performance in one command: each stage against plain TRL, memory ratios between stages, forge PPO
+against TRL 0.29.1, packing, MoE-LoRA cost and (on a GPU) Liger and gradient checkpointing.
+
+    FORGE_TRL_CACHE=/tmp/fcache python scripts/bench_perf.py --size tiny
+    python scripts/bench_perf.py --size qwen3-0.6b --cases sft,dpo,memory --wait-idle --json perf.json
+    python scripts/bench_perf.py --size qwen3-1.7b --cases sft,dpo,gpu     # on a CUDA machine (bf16)
+
+Cases (`--cases`, comma-separated; default all):
+
+- `sft`, `dpo`, `orpo`, `rm`: forge_trl (`python -m forge_trl task=...` in-process) against a plain TRL + PEFT
+  script doing the same thing (scripts/perf_cases/plain_trl.py): same model directory, the same JSONL rows, batch,
+  sequence length, LoRA (r=16, alpha 32, dropout 0.05 on the seven projections), precision and optimizer
+  settings. Ratio: forge step time / plain step time (target <= 1.03).
+- `memory`: peak memory of forge DPO (batch pairs) and forge PPO (batch prompts, policy, reference, reward and
+  value sharing one base) over forge SFT (batch examples) on the same model (targets 1.15x and 1.5x). Only
+  meaningful where weights dominate the process: use qwen3-0.6b or larger.
+- `ppo`: forge PPO against TRL 0.29.1's PPOTrainer, through scripts/bench_ppo.py's own preparation and
+  measurement (its `tiny` and `qwen3-0.6b` cases; targets: >= 1.5x episodes/s, <= 0.6x peak memory).
+- `packing`: forge SFT on the variable-length demo rows, padded against packed (TRL's best-fit-decreasing packing,
+  which makes the batch padding-free: one flattened row with position_ids, so attention never crosses a sequence
+  boundary). Tokens/s counts real (non-pad) tokens. Target >= 1.5x.
+- `moe`: `moe_expert_lora` (8 experts, top-2) against `dense_lora`, and against a naive per-expert loop, with
+  scripts/bench_injections.py's step (forward + backward + AdamW on random tokens). Target <= 2x dense.
+- `gpu` (CUDA only, skipped on CPU): forge SFT with Liger kernels on/off (`use_liger_kernel`, skipped when
+  liger-kernel is not installed), gradient checkpointing on/off, and 4-bit QLoRA.
+
+Sizes (`--size`): `tiny` (the embedded forge-tiny), `qwen3-0.6b` (random-init Qwen3-0.6B architecture: hidden
+1024, 28 layers, 16/8 heads, FFN 3072, head_dim 128, Qwen3's real 151,936-token vocabulary so that logits cost
+what they cost users; token ids come from the tiny tokenizer), `qwen3-1.7b` (GPU only: hidden 2048, FFN 6144).
+fp32 on CPU, bf16 on CUDA.
+
+Method: every measured run is its own subprocess (`--child`), so each peak memory is that run's alone: peak RSS
+(`ru_maxrss`, the process's high-water mark including model loading) on CPU, `torch.cuda.max_memory_allocated`
+on CUDA. Step time is the median interval between consecutive `on_step_end` callbacks after `--warmup` steps
+(an interval covers data loading, forward, backward, optimizer, callbacks and logging); tokens/s is the real
+tokens of the timed steps (attention-mask sums of each collated batch; all tokens of a padding-free batch) over
+their summed time. Ratios are taken pair by pair within the same invocation. With `--wait-idle` each run first
+waits for the machine to be quiet and is repeated (`--retries`) when other processes used more than 0.25 cores
+while it was timed (the same logic as bench_ppo.py); without it the table says how busy the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_ppo  # noqa: E402  (standard library only at import; shares idle-wait, logging and PPO machinery)
+
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+ALL_CASES = ("sft", "dpo", "orpo", "rm", "memory", "ppo", "packing", "moe", "gpu")
+LORA = dict(r=16, alpha=32, dropout=0.05, targets=list(bench_ppo.LORA["targets"]))
+# Learning rates: forge's task defaults, given to both sides.
+LEARNING_RATES = {"sft": 2e-4, "dpo": 5e-6, "orpo": 8e-6, "rm": 1e-5}
+LAYOUTS = {"sft": "sft", "dpo": "prompted_preference", "orpo": "prompted_preference", "rm": "prompted_preference"}
+# Task settings, as forge overrides and as the TRL config fields they map to (forge's defaults).
+TASK_SETTINGS = {
+    "sft": (["task.completion_only_loss=true", "task.packing=false"], dict(completion_only_loss=True, packing=False)),
+    "dpo": (["task.beta=0.1", "task.loss_type=sigmoid"], dict(beta=0.1, loss_type=["sigmoid"])),
+    "orpo": (["task.orpo_lambda=0.1"], dict(beta=0.1)),
+    "rm": ([], {}),
+}
+QWEN3_VOCAB = 151_936
+ARCHS = {
+    "qwen3-0.6b": dict(bench_ppo.QWEN3_0_6B),
+    "qwen3-1.7b": dict(bench_ppo.QWEN3_0_6B, hidden_size=2048, intermediate_size=6144),
+}
+# Per size: batch (examples, pairs or prompts per step), sequence length, timed steps, warm-up steps, processes
+# per side of a speed comparison.
+SIZE_DEFAULTS = {
+    "tiny": dict(batch=8, seq_len=128, steps=20, warmup=3, repeats=3),
+    "qwen3-0.6b": dict(batch=2, seq_len=128, steps=3, warmup=1, repeats=1),
+    "qwen3-1.7b": dict(batch=8, seq_len=512, steps=10, warmup=3, repeats=1),
+}
+PPO_RESPONSE_TOKENS = 16
+# (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
+# step time, "tps" tokens/s, "peak" peak memory.
+PAIRS = {
+    "sft": [("forge / plain TRL step time, SFT", "forge-sft", "plain-sft", "step", 1.03, "max")],
+    "dpo": [("forge / plain TRL step time, DPO", "forge-dpo", "plain-dpo", "step", 1.03, "max")],
+    "orpo": [("forge / plain TRL step time, ORPO", "forge-orpo", "plain-orpo", "step", 1.03, "max")],
+    "rm": [("forge / plain TRL step time, RM", "forge-rm", "plain-rm", "step", 1.03, "max")],
+    "memory": [("peak memory DPO / SFT (forge)", "forge-dpo", "forge-sft", "peak", 1.15, "max"),
+               ("peak memory PPO / SFT (forge, shared base)", "forge-ppo", "forge-sft", "peak", 1.5, "max")],
+    "ppo": [("forge PPO / TRL 0.29.1 episodes/s", "ppo-forge", "ppo-trl", "tps", 1.5, "min"),
+            ("forge PPO / TRL 0.29.1 peak memory", "ppo-forge", "ppo-trl", "peak", 0.6, "max")],
+    "packing": [("packed / padded real tokens/s (SFT)", "forge-sft-packed", "forge-sft-padded", "tps", 1.5, "min")],
+    "moe": [("moe_expert_lora / dense_lora step time", "moe-expert", "moe-dense", "step", 2.0, "max"),
+            ("naive expert loop / moe_expert_lora step time", "moe-naive", "moe-expert", "step", None, None)],
+    "gpu": [("Liger on / off tokens/s (forge SFT)", "gpu-liger", "gpu-base", "tps", None, None),
+            ("Liger on / off peak memory", "gpu-liger", "gpu-base", "peak", None, None),
+            ("forge / plain TRL with Liger, tokens/s", "gpu-liger", "gpu-plain-liger", "tps", 0.9, "min"),
+            ("grad checkpointing on / off tokens/s", "gpu-gc", "gpu-base", "tps", None, None),
+            ("grad checkpointing on / off peak memory", "gpu-gc", "gpu-base", "peak", None, None),
+            ("QLoRA 4-bit / bf16 LoRA peak memory", "gpu-qlora", "gpu-base", "peak", None, None)],
+}
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+def median_after_warmup(step_ends: list[float], warmup: int) -> list[float]:
+    """Intervals between consecutive step ends, without the first `warmup` of them (step 1 has no interval)."""
+    intervals = [b - a for a, b in zip(step_ends, step_ends[1:])]
+    return intervals[warmup:] if len(intervals) > warmup else intervals[-1:]
+
+
+def summarize(step_ends: list[float], tokens_at_end: list[int], warmup: int) -> dict:
+    """Median step time and real tokens/s over the steps after warm-up."""
+    timed = median_after_warmup(step_ends, warmup)
+    first = len(step_ends) - 1 - len(timed)  # index of the step end that opens the timed window
+    out = dict(step_seconds=timed, median_step_s=statistics.median(timed) if timed else float("nan"),
+               timed_steps=len(timed))
+    if tokens_at_end and timed:
+        tokens = tokens_at_end[-1] - tokens_at_end[first]
+        out.update(tokens_timed=tokens, tokens_per_s=tokens / sum(timed))
+    return out
+
+
+def ratio(results: dict, numerator: str, denominator: str, metric: str) -> float | None:
+    key = {"step": "median_step_s", "tps": "tokens_per_s", "peak": "peak_bytes"}[metric]
+    a, b = results.get(numerator, {}).get(key), results.get(denominator, {}).get(key)
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def verdict(value: float | None, target: float | None, sense: str | None) -> str:
+    if value is None:
+        return "n/a"
+    if target is None:
+        return "(info)"
+    ok = value <= target if sense == "max" else value >= target
+    return "met" if ok else "MISSED"
+
+
+def fmt_bytes(n: float | None) -> str:
+    return "—" if n is None else f"{n / MIB:,.0f} MiB"
+
+
+def format_tables(results: dict, ratios: list[dict], memory_label: str) -> str:
+    lines = [f"| run | implementation | step time (median) | timed steps | tokens/s | {memory_label} | "
+             "CPU cores while timed: own / other |", "|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if "error" in r:
+            lines.append(f"| {key} | {r.get('implementation', '?')} | failed: {r['error']} | | | | |")
+            continue
+        tps = r.get("tokens_per_s")
+        unit = r.get("throughput_unit", "tokens/s")
+        tps_text = "—" if tps is None else (f"{tps:,.0f}" if unit == "tokens/s" else f"{tps:.3f} {unit}")
+        cores = (f"{r['own_cores']:.2f} / {r['other_cores']:.2f}" if r.get("own_cores") is not None else "—")
+        lines.append(f"| {key} | {r.get('implementation', '')} | {r['median_step_s'] * 1000:,.1f} ms | "
+                     f"{r.get('timed_steps', '')} | {tps_text} | {fmt_bytes(r.get('peak_bytes'))} | {cores} |")
+    lines += ["", "| comparison | ratio | target | result |", "|---|---|---|---|"]
+    for row in ratios:
+        value = "—" if row["value"] is None else f"{row['value']:.2f}x"
+        target = "—" if row["target"] is None else f"{'≤' if row['sense'] == 'max' else '≥'} {row['target']}x"
+        lines.append(f"| {row['label']} | {value} | {target} | {row['result']} |")
+    return "\n".join(lines)
+
+
+def compute_ratios(cases: list[str], results: dict, size: str = "") -> list[dict]:
+    """One row per comparison of PAIRS whose two runs both exist. Memory targets are not judged on the tiny
+    model, where torch's own memory dominates the peak."""
+    rows = []
+    for case in cases:
+        for label, num, den, metric, target, sense in PAIRS.get(case, []):
+            if num not in results or den not in results:
+                continue
+            value = ratio(results, num, den, metric)
+            result = verdict(value, target, sense)
+            if size == "tiny" and metric == "peak" and target is not None and value is not None:
+                result = "(not judged on tiny)"
+            rows.append(dict(case=case, label=label, numerator=num, denominator=den, metric=metric, value=value,
+                             target=target, sense=sense, result=result))
+    return rows
+
+
+def count_real_tokens(batch: dict) -> int:
+    """Real (non-pad) tokens of one collated batch: attention-mask sums (a prompt mask is not counted on top of
+    the prompt+completion masks that contain it); a batch without masks (padding-free) counts all its ids."""
+    masks = [k for k in batch if k.endswith("attention_mask") and not k.startswith("prompt_")]
+    if masks:
+        return int(sum(int(batch[k].sum()) for k in masks))
+    return int(sum(batch[k].numel() for k in batch if k.endswith("input_ids")))
+
+
+# ------------------------------------------------------------------------------------------------ children
+def make_timer(cuda: bool):
+    """bench_ppo's step timer, plus real tokens per step and a CUDA sync so a step end is a real end."""
+    import torch
+    from transformers import Trainer
+
+    base = type(bench_ppo.step_timer())
+
+    class PerfTimer(base):
+        def __init__(self):
+            super().__init__()
+            self.tokens = 0
+            self.tokens_at_end: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            super().on_step_end(args, state, control, **kwargs)
+            self.tokens_at_end.append(self.tokens)
+
+    timer = PerfTimer()
+    original = Trainer.get_batch_samples
+
+    def counting_get_batch_samples(self, *args, **kwargs):  # same wrapper for forge and plain runs
+        batches, num_items = original(self, *args, **kwargs)
+        timer.tokens += sum(count_real_tokens(b) for b in batches if isinstance(b, dict))
+        return batches, num_items
+
+    Trainer.get_batch_samples = counting_get_batch_samples
+    return timer
+
+
+def child_main(kind: str, spec_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+
+    cuda = torch.cuda.is_available()
+    info: dict
+    if kind == "moe":
+        info = child_moe(spec)
+    else:
+        timer = make_timer(cuda)
+        if kind == "forge":
+            info = bench_ppo.child_forge(dict(overrides=spec["overrides"]), timer)
+        else:
+            from perf_cases import plain_trl
+
+            info = plain_trl.train(spec, [timer])
+        info.update(summarize(timer.step_ends, timer.tokens_at_end if spec.get("count_tokens", True) else [],
+                              spec["warmup"]))
+        if spec.get("episodes_per_step"):  # PPO: report episodes/s instead of tokens/s
+            info.update(tokens_per_s=spec["episodes_per_step"] / info["median_step_s"], throughput_unit="episodes/s")
+        ends = timer.step_ends
+        span = ends[-1] - ends[-1 - info["timed_steps"]]
+        info.update(own_cores=(timer.own[-1] - timer.own[-1 - info["timed_steps"]]) / span,
+                    other_cores=max(0.0, (timer.busy[-1] - timer.busy[-1 - info["timed_steps"]])
+                                    - (timer.own[-1] - timer.own[-1 - info["timed_steps"]])) / span)
+    info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    info["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else info["peak_rss"]
+    Path(spec["result"]).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+def child_moe(spec: dict) -> dict:
+    """One bench_injections.py case in this process: median step time of forward + backward + AdamW."""
+    import torch
+
+    import bench_injections
+    from forge_trl.models.loading import load_tokenizer, resolve_source
+
+    source = resolve_source(spec["model"])
+    vocab = len(load_tokenizer(source.tokenizer_path))
+    torch.manual_seed(0)
+    batch = torch.randint(0, vocab, (spec["batch"], spec["seq_len"]))
+    busy, own, started = bench_ppo.machine_busy_seconds(), bench_ppo.own_cpu_seconds(), time.perf_counter()
+    seconds, trainable = bench_injections.time_case(source, bench_injections.CASES[spec["label"]], batch,
+                                                    spec["steps"], spec["warmup"])
+    wall = time.perf_counter() - started
+    mine = bench_ppo.own_cpu_seconds() - own
+    return dict(implementation=f"forge {spec['label']}", median_step_s=seconds, timed_steps=spec["steps"],
+                tokens_per_s=spec["batch"] * spec["seq_len"] / seconds, trainable=trainable,
+                own_cores=mine / wall, other_cores=max(0.0, bench_ppo.machine_busy_seconds() - busy - mine) / wall)
+
+
+# ------------------------------------------------------------------------------------------------ preparation
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    cuda: bool
+    results: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.cuda else "fp32"
+
+    # --- models and data ---------------------------------------------------------------------------------
+    def model_dir(self) -> Path:
+        """The base model directory of --size (built once per work dir)."""
+        if self.args.size == "tiny":
+            from forge_trl.models.tiny import ensure_tiny
+
+            return ensure_tiny("forge-tiny")
+        target = self.workdir / f"{self.args.size}-base"
+        if (target / "config.json").is_file():
+            return target
+        import shutil
+
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from forge_trl.models.loading import load_tokenizer, resolve_source
+
+        tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
+        config = AutoConfig.for_model("qwen3", vocab_size=QWEN3_VOCAB, pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                                      **ARCHS[self.args.size])
+        torch.manual_seed(0)
+        dtype = torch.bfloat16 if self.cuda else torch.float32
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+        bench_ppo.log(f"built {target}: {sum(p.numel() for p in model.parameters()):,} parameters")
+        return target
+
+    def data_file(self, layout: str) -> Path:
+        """Rows of a fixed size, so that both sides of a pair see the same real tokens per step. SFT rows are
+        longer than --seq-len and cut to exactly it (prompt about 3/8 of it). Preference rows fit in it whole
+        (RewardTrainer drops longer rows instead of cutting them): prompt 3/8, chosen and rejected the rest."""
+        import random
+
+        from forge_trl.data.demo import ensure_demo_suite
+        from forge_trl.data.rows import read_rows
+        from forge_trl.models.loading import load_tokenizer, resolve_source
+
+        seq = self.args.seq_len
+        path = self.workdir / f"rows-v2-{layout}-{seq}.jsonl"
+        if path.is_file():
+            return path
+        tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
+        demo = [r.data for r in read_rows(str(ensure_demo_suite()["sft"]))]
+        sentences = sorted({d["prompt"] for d in demo})
+        rng = random.Random(0)
+
+        def text(tokens: int) -> str:  # demo sentences, cut to about `tokens` tokens
+            parts: list[str] = []
+            while len(ids := tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"]) < tokens:
+                parts.extend(rng.sample(sentences, 4))
+            return tokenizer.decode(ids[:tokens])
+
+        rows = []
+        for _ in range(max(64, self.args.batch * (self.args.steps + self.args.warmup + 2))):
+            if layout == "prompt_only":
+                rows.append({"prompt": text(seq - PPO_RESPONSE_TOKENS - 8)})
+            elif layout == "sft":
+                rows.append({"prompt": text(seq * 3 // 8), "response": text(seq)})
+            else:
+                answer = seq - seq * 3 // 8 - 16  # room for the chat template's role and end tokens
+                rows.append({"prompt": text(seq * 3 // 8), "chosen": text(answer), "rejected": text(answer)})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    # --- runs --------------------------------------------------------------------------------------------
+    def training_spec(self, task: str, name: str, data_file: Path, layout: str, extra_forge: tuple = (),
+                      steps: int | None = None) -> dict:
+        a = self.args
+        train = dict(max_steps=(steps or a.steps) + a.warmup + 1, learning_rate=LEARNING_RATES[task], batch=a.batch,
+                     logging_steps=a.logging_steps, gradient_checkpointing=False, seed=42, max_length=a.seq_len)
+        forge_keys, trl_keys = TASK_SETTINGS[task]
+        model = self.model_dir()
+        out = self.workdir / "runs" / name
+        overrides = [
+            f"task={task}", f"model.name_or_path={model}", f"precision={self.precision}",
+            f"model.dtype={'bfloat16' if self.cuda else 'float32'}", "data=jsonl", f"data.path={data_file}",
+            f"data.task={layout}", f"data.max_length={a.seq_len}", f"task.per_device_train_batch_size={a.batch}",
+            f"task.max_steps={train['max_steps']}", f"task.learning_rate={train['learning_rate']}",
+            "task.lr_scheduler_type=linear", "task.warmup_steps=0", "task.weight_decay=0.0", "task.max_grad_norm=1.0",
+            f"task.logging_steps={a.logging_steps}", "task.gradient_checkpointing=false", "injection=dense_lora",
+            f"injection.r={LORA['r']}", f"injection.alpha={LORA['alpha']}", f"injection.dropout={LORA['dropout']}",
+            f"injection.target_keywords=[{','.join(LORA['targets'])}]", "seed=42", f"output_dir={out}",
+            "overwrite=true", "plot=false", *forge_keys, *extra_forge,
+        ]
+        return dict(task=task, warmup=a.warmup, overrides=overrides, model_dir=str(model), data_file=str(data_file),
+                    layout=layout, lora=LORA, train=train, task_args=trl_keys, precision=self.precision,
+                    output_dir=str(out))
+
+    def measure(self, key: str, kind: str, spec: dict) -> dict:
+        """Run one child (once per key and invocation); wait for an idle machine first with --wait-idle."""
+        if key in self.results:
+            return self.results[key]
+        a = self.args
+        spec_dir = self.workdir / "specs"
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        spec_file, result_file = spec_dir / f"{key}.json", spec_dir / f"{key}.result.json"
+        spec_file.write_text(json.dumps(dict(spec, result=str(result_file)), indent=1), encoding="utf-8")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--spec", str(spec_file)]
+        result: dict = {}
+        for attempt in range(a.retries + 1 if a.wait_idle else 1):
+            result_file.unlink(missing_ok=True)
+            if a.wait_idle:
+                load = bench_ppo.wait_until_idle(a.max_wait)
+                if load >= bench_ppo.OTHER_LOAD_LIMIT:
+                    bench_ppo.log(f"the machine is still busy ({load:.1f} cores used by others); measuring anyway")
+            try:
+                wall = bench_ppo.run_logged(cmd, self.workdir / "logs" / f"{key}.log", key)
+            except SystemExit as exc:  # run_logged exits with the log's tail; keep the other cases going
+                bench_ppo.log(str(exc))
+                result = dict(error=f"see {self.workdir / 'logs' / (key + '.log')}")
+                break
+            result = json.loads(result_file.read_text(encoding="utf-8"))
+            result.update(process_wall_s=wall, attempts=attempt + 1)
+            if result.get("other_cores", 0.0) < bench_ppo.OTHER_LOAD_LIMIT:
+                break
+            bench_ppo.log(f"{key}: other processes used {result['other_cores']:.2f} cores while timed")
+        self.results[key] = result
+        return result
+
+    def measure_pair(self, runs: list[tuple[str, str, dict]]) -> None:
+        """Measure the runs of one comparison --repeats times, interleaved (A B A B ...): step times differ by up
+        to ~10% from one process to the next on a VM even when idle, so each side keeps the median over its
+        processes (step time and tokens/s; the highest peak)."""
+        if self.args.repeats <= 1:
+            for key, kind, spec in runs:
+                self.measure(key, kind, spec)
+            return
+        for attempt in range(self.args.repeats):
+            for key, kind, spec in runs:
+                self.measure(f"{key}.{attempt + 1}", kind, spec)
+        for key, _, _ in runs:
+            parts = [self.results.pop(f"{key}.{i + 1}") for i in range(self.args.repeats)]
+            good = [r for r in parts if "error" not in r]
+            if not good:
+                self.results[key] = parts[0]
+                continue
+            merged = dict(good[0])
+            for field_name in ("median_step_s", "tokens_per_s", "own_cores", "other_cores"):
+                values = [r[field_name] for r in good if r.get(field_name) is not None]
+                if values:
+                    merged[field_name] = statistics.median(values)
+            merged["peak_bytes"] = max(r["peak_bytes"] for r in good)
+            merged["process_medians_s"] = [r["median_step_s"] for r in good]
+            merged["implementation"] = f"{merged.get('implementation', '')} (median of {len(good)} processes)"
+            self.results[key] = merged
+
+    def train_pair(self, task: str) -> None:
+        data = self.data_file(LAYOUTS[task])
+        spec = self.training_spec(task, f"{task}", data, LAYOUTS[task])
+        plain = dict(spec, output_dir=str(self.workdir / "runs" / f"plain-{task}"))
+        self.measure_pair([(f"forge-{task}", "forge", spec), (f"plain-{task}", "plain", plain)])
+
+    # --- cases -------------------------------------------------------------------------------------------
+    def case_memory(self) -> None:
+        if self.args.size == "tiny":
+            self.notes.append("memory: on the tiny model torch's own ~0.5 GB dominates peak RSS; the DPO/SFT and "
+                              "PPO/SFT ratios mean something from qwen3-0.6b on.")
+        for task in ("sft", "dpo"):
+            data = self.data_file(LAYOUTS[task])
+            self.measure(f"forge-{task}", "forge", self.training_spec(task, task, data, LAYOUTS[task]))
+        # PPO needs an SFT adapter and a reward model on the same base: one forge step each (only shapes matter).
+        logs = self.workdir / "logs"
+        base = self.model_dir()
+        dtype = "bfloat16" if self.cuda else "float32"
+        keys = [f"model.dtype={dtype}", f"precision={self.precision}", f"data.max_length={self.args.seq_len}",
+                "task.max_steps=1", f"task.per_device_train_batch_size={self.args.batch}"]
+        sft = bench_ppo.forge_stage(["task=sft", f"model.name_or_path={base}", *keys], self.workdir / "ppo" / "sft",
+                                    logs)
+        rm = bench_ppo.forge_stage(["task=rm", f"model.name_or_path={sft}", *keys], self.workdir / "ppo" / "rm", logs)
+        prompts = self.data_file("prompt_only")
+        steps = max(2, min(self.args.steps, 3)) + 1  # PPO steps are long; the peak is reached in the first
+        overrides = [
+            "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}", *keys[:2],
+            "data=jsonl", f"data.path={prompts}", "data.task=prompt_only", f"data.max_length={self.args.seq_len}",
+            f"task.per_device_train_batch_size={self.args.batch}", f"task.response_length={PPO_RESPONSE_TOKENS}",
+            f"task.max_steps={steps}", "task.logging_steps=1", "task.gradient_checkpointing=false", "seed=42",
+            f"output_dir={self.workdir / 'runs' / 'ppo'}", "overwrite=true", "plot=false",
+        ]
+        self.measure("forge-ppo", "forge", dict(overrides=overrides, warmup=0, count_tokens=False,
+                                                episodes_per_step=self.args.batch))
+
+    def case_ppo(self) -> None:
+        name = {"tiny": "tiny", "qwen3-0.6b": "qwen3-0.6b"}.get(self.args.size)
+        if name is None:
+            self.notes.append(f"ppo: bench_ppo.py has no {self.args.size} case; skipped.")
+            return
+        a = self.args
+        workdir = ROOT / "outputs" / "bench_ppo"
+        trl_python = bench_ppo.ensure_trl_venv(workdir)
+        steps = max(2, a.steps + 1) if name == "tiny" else bench_ppo.DEFAULT_BIG_STEPS
+        prepared = bench_ppo.prepare_case(name, workdir, steps)
+        for impl, python in (("forge", sys.executable), ("trl", str(trl_python))):
+            try:
+                m = bench_ppo.measure(impl, python, prepared[impl], workdir, a.max_wait if a.wait_idle else 0,
+                                      a.retries if a.wait_idle else 0)
+            except SystemExit as exc:
+                bench_ppo.log(str(exc))
+                self.results[f"ppo-{impl}"] = dict(error="see outputs/bench_ppo/logs")
+                continue
+            self.results[f"ppo-{impl}"] = dict(
+                implementation=f"{m['implementation']} PPO (bench_ppo {name})",
+                median_step_s=statistics.median(m["step_seconds"]), timed_steps=m["timed_steps"],
+                tokens_per_s=m["episodes_per_s"], throughput_unit="episodes/s", peak_rss=m["peak_rss"],
+                peak_bytes=m["peak_rss"], own_cores=m["own_cores"], other_cores=m["other_cores"])
+        self.notes.append("ppo: bench_ppo.py's own cases (tiny: batch 8; qwen3-0.6b: its tiny-vocabulary build, "
+                          "batch 2, 3 PPO steps); it measures peak RSS, also on CUDA machines.")
+
+    def case_packing(self) -> None:
+        from forge_trl.data.demo import ensure_demo_suite
+
+        demo = Path(ensure_demo_suite()["sft"])
+        self.measure_pair([(f"forge-sft-{name}", "forge",
+                            self.training_spec("sft", f"sft-{name}", demo, "sft", extra_forge=extra))
+                           for name, extra in (("padded", ()), ("packed", ("task.packing=true",)))])
+        self.notes.append("packing: the demo sft rows (variable length, ~10-40 tokens), padded per batch vs packed "
+                          f"into rows of {self.args.seq_len} tokens (TRL's bfd packing, padding-free with "
+                          "position_ids; on CPU the sdpa attention gets a block-diagonal mask from the position_ids, "
+                          "flash-attention kernels on GPU use cu_seq_lens).")
+
+    def case_moe(self) -> None:
+        if self.args.size == "qwen3-1.7b":  # bench_injections.py steps on the CPU: too slow at this size
+            self.notes.append("moe: skipped at qwen3-1.7b (bench_injections.py runs on the CPU).")
+            return
+        model = "forge-tiny" if self.args.size == "tiny" else str(self.model_dir())
+        labels = {"moe-dense": "dense_lora", "moe-expert": "moe_expert_lora (8 experts, top-2)",
+                  "moe-naive": "moe_expert_lora, naive expert loop"}
+        self.measure_pair([(key, "moe", dict(model=model, label=label, batch=self.args.batch, seq_len=self.args.seq_len,
+                                             steps=self.args.steps, warmup=self.args.warmup))
+                           for key, label in labels.items()])
+        if self.cuda:
+            self.notes.append("moe: bench_injections.py steps on the CPU, also on CUDA machines.")
+
+    def case_gpu(self) -> None:
+        if not self.cuda:
+            self.notes.append("gpu: skipped (no CUDA device): Liger on/off, gradient checkpointing on/off, QLoRA.")
+            return
+        import importlib.util
+
+        data = self.data_file("sft")
+        variants = {"gpu-base": (), "gpu-gc": ("task.gradient_checkpointing=true",),
+                    "gpu-qlora": ("model.quantization=4bit",)}
+        if importlib.util.find_spec("liger_kernel") is not None:
+            variants["gpu-liger"] = ("+task.trl_args.use_liger_kernel=true",)
+        else:
+            self.notes.append("gpu: liger-kernel is not installed; Liger on/off skipped.")
+        for key, extra in variants.items():
+            spec = self.training_spec("sft", key, data, "sft", extra_forge=extra)
+            if key == "gpu-gc":
+                spec["train"]["gradient_checkpointing"] = True
+            self.measure(key, "forge", spec)
+        if "gpu-liger" in variants:
+            spec = self.training_spec("sft", "gpu-plain-liger", data, "sft")
+            spec["task_args"] = dict(spec["task_args"], use_liger_kernel=True)
+            self.measure("gpu-plain-liger", "plain", spec)
+
+    def run(self, cases: list[str]) -> None:
+        for case in cases:
+            bench_ppo.log(f"case {case}")
+            if case in ("sft", "dpo", "orpo", "rm"):
+                self.train_pair(case)
+            else:
+                getattr(self, f"case_{case}")()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny", choices=list(SIZE_DEFAULTS))
+    parser.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {','.join(ALL_CASES)}")
+    parser.add_argument("--steps", type=int, help="timed steps per run (default per size)")
+    parser.add_argument("--warmup", type=int, help="untimed steps before them (default per size)")
+    parser.add_argument("--batch", type=int, help="examples / pairs / prompts per step (default per size)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default per size)")
+    parser.add_argument("--logging-steps", type=int, default=10, help="trainer logging interval (forge's default)")
+    parser.add_argument("--repeats", type=int, help="processes per side of a speed comparison, interleaved; each "
+                        "side reports the median (default: 3 for tiny, 1 otherwise)")
+    parser.add_argument("--workdir", default="outputs/bench_perf")
+    parser.add_argument("--json", help="write all runs and ratios to this file")
+    parser.add_argument("--wait-idle", action="store_true",
+                        help="wait for other processes to go idle before each run; repeat disturbed runs")
+    parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for idle (with --wait-idle)")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of a disturbed run (with --wait-idle)")
+    parser.add_argument("--child", choices=("forge", "plain", "moe"), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, str(ROOT))
+        child_main(args.child, args.spec)
+        return
+    for key, value in SIZE_DEFAULTS[args.size].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(ALL_CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(ALL_CASES)}")
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.size == "qwen3-1.7b" and not cuda:
+        parser.error("--size qwen3-1.7b needs a CUDA device")
+    started = time.perf_counter()
+    workdir = Path(args.workdir).resolve() / args.size
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, workdir, cuda)
+    bench.run(cases)
+    ratios = compute_ratios(cases, bench.results, args.size)
+
+    memory_label = "peak GPU memory (max_memory_allocated)" if cuda else "peak RSS"
+    print(bench_ppo.machine_line() + (f"; GPU {torch.cuda.get_device_name()}" if cuda else ""))
+    print(f"size {args.size}; batch {args.batch} x {args.seq_len} tokens; {bench.precision}; LoRA r={LORA['r']} "
+          f"alpha={LORA['alpha']} dropout={LORA['dropout']} on {','.join(LORA['targets'])}; no gradient "
+          f"checkpointing unless named; median of {args.steps} steps after {args.warmup} warm-up steps; "
+          f"logging every {args.logging_steps} steps; date {time.strftime('%Y-%m-%d')}")
+    print()
+    print(format_tables(bench.results, ratios, memory_label))
+    for note in bench.notes:
+        print(f"- {note}")
+    if not args.wait_idle:
+        print("- measured without --wait-idle: the 'other' cores column says how busy the machine was.")
+    print(f"\ntotal runtime: {time.perf_counter() - started:.0f}s (logs in {workdir / 'logs'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(size=args.size, args=vars(args), results=bench.results,
+                                                   ratios=ratios, notes=bench.notes), indent=1, default=str),
+                                   encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
