@@ -66,6 +66,9 @@ STAGE_DATA = {"pretrain": ("demo_text", "text"), "sft": ("demo_sft", "sft"),
 # The pipeline benches sampled responses (4 per prompt at T=1): that is the policy PPO optimises, and greedy
 # decoding hides what RL changes when the greedy answer is already the best one. `bench.*` arguments override.
 PIPELINE_BENCH = ["bench.temperature=1.0", "bench.samples_per_prompt=4"]
+# The demo suite's format is the bare answer: words or a number, at most a final full stop ("north", "7."),
+# so an answer followed by rambling ("north, I would say, ...") does not comply.
+DEMO_FORMAT = r"bench.format_regex='[\w -]+\.?'"  # single quotes: YAML would read [ as a list
 STAGE_FILE = "pipeline_stage.json"
 PIPELINE_KEYS = ("paths", "model", "injection", "data", "out", "pretrain")
 
@@ -179,9 +182,9 @@ def run_stage(stage: Stage, overrides: list[str], out: Path) -> Path:
 
 
 def bench_sources(args: PipelineArgs) -> list[str]:
-    """bench.prompts/pairs for a data directory with held-out files (the demo suite needs none)."""
+    """bench.prompts/pairs for a data directory with held-out files; the demo suite's format rule."""
     if args.data == "demo":
-        return []
+        return [DEMO_FORMAT]
     found = []
     for key, name in (("bench.prompts", "sft_heldout.jsonl"), ("bench.pairs", "preference_heldout.jsonl")):
         if (Path(args.data) / name).is_file() and not any(o.startswith(key + "=") for o in args.bench_overrides):

@@ -1,6 +1,6 @@
 """Soak test: a long tiny-model SFT run that samples the process's resident memory as it trains.
 
-    python scripts/soak_sft.py                      # 2,000 steps, a sample every 50
+    python scripts/soak_sft.py                      # 2,000 steps, a sample every 50 (JSON: outputs/soak_sft.json)
     python scripts/soak_sft.py --steps 200 --every 20 --warmup 40 --json soak.json
 
 A leak shows as RSS that keeps rising after the warm-up (allocator pools, first checkpoint, lazy imports settle
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps; 0: none (default 500)")
     parser.add_argument("--max-growth", type=float, default=10.0, help="exit 1 above this growth in %% (default 10)")
     parser.add_argument("--output-dir", default=None, help="run directory (default: a temporary one)")
-    parser.add_argument("--json", default="soak_sft.json", help="where to write samples + summary")
+    parser.add_argument("--json", default="outputs/soak_sft.json", help="where to write samples + summary")
     parser.add_argument("overrides", nargs="*", help="extra forge overrides, e.g. injection=mixture_lora")
     args = parser.parse_args(argv)
 
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(steps=args.steps, wall_seconds=round(time.monotonic() - started, 1), overrides=args.overrides)
     if args.output_dir is None:
         shutil.rmtree(output_dir, ignore_errors=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"summary": summary, "samples": sampler.samples}, indent=1) + "\n")
     print(f"\nRSS {summary['rss_at_warmup_mb']} MiB at step {args.warmup} -> {summary['rss_final_mb']} MiB at step "
           f"{args.steps}: {summary['growth_after_warmup_pct']:+.2f}% ({summary['growth_after_warmup_mb']:+.1f} MiB); "

@@ -247,6 +247,8 @@ def test_rm_judge_win_rate_is_half_against_itself(checkpoints, tmp_path):
     (["forge-tiny", "bench.temperature=-1"], "bench.temperature: must be positive"),
     (["bench.max_rows=3"], "no checkpoint given"),
     (["forge-tiny", "bench.judge.baseline=forge-tiny"], "no judge: set bench.judge.reward_model"),
+    (["forge-tiny", "bench.format_regex=[0-9]+ x"], "cannot read 'bench.format_regex=[0-9]+ x'"),
+    (["forge-tiny", "bench.format_regex='([0-9]'"], "bench.format_regex: '([0-9]' is not a valid regular"),
 ])
 def test_bad_bench_arguments_fail_on_one_line_with_exit_2(args, expected):
     result = subprocess.run([sys.executable, "-m", "forge_trl.bench", *args], cwd=REPO, capture_output=True,

@@ -20,16 +20,22 @@ USAGE = "usage: python -m forge_trl.bench <checkpoint> [<checkpoint> ...] [bench
 
 def bench_config(overrides: list[str]):
     """A BenchConfig from `key=value` overrides (with or without the `bench.` prefix)."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from forge_trl.bench.config import BenchConfig
     from forge_trl.config import describe_omegaconf_error
 
+    parsed = []
+    for override in overrides:
+        try:
+            parsed.append(OmegaConf.from_dotlist([override.removeprefix("bench.")]))
+        except yaml.YAMLError as exc:  # OmegaConf reads values as YAML: an unquoted [ starts a list
+            raise ConfigError(f"cannot read '{override}' ({' '.join(str(exc).split()[:8])}...); put the value in "
+                              "single quotes, e.g. bench.format_regex='[0-9]+'") from None
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(BenchConfig),
-                              OmegaConf.from_dotlist([o.removeprefix("bench.") for o in overrides]))
-        return OmegaConf.to_object(cfg)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BenchConfig), *parsed))
     except OmegaConfBaseException as exc:
         raise ConfigError(describe_omegaconf_error(exc)) from None
 

@@ -85,5 +85,18 @@ class BenchConfig:
                 f"must be positive (or null for greedy), got {self.temperature}")
         require(self.samples_per_prompt > 0, "bench.samples_per_prompt",
                 f"must be positive, got {self.samples_per_prompt}")
+        require(self.format_regex is None or _compiles(self.format_regex), "bench.format_regex",
+                f"'{self.format_regex}' is not a valid regular expression")
         require(self.objective in OBJECTIVES, "bench.objective",
                 f"expected one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+
+
+def _compiles(pattern: str) -> bool:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+

@@ -81,7 +81,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     written = []
     metrics = [m for m in RATE_METRICS if any(row.get(m) is not None for row in rows)]
     if metrics:
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) * len(metrics) ** 0.5 + 2), 4))
+        fig, ax = plt.subplots(figsize=(min(16.0, 4.0 + 1.0 * len(rows)), 4))
         width = 0.8 / len(metrics)
         for j, metric in enumerate(metrics):
             xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
@@ -98,8 +98,12 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
 
     scored = [row for row in rows if row.get("scores")]
     if scored:
-        fig, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.4), squeeze=False)
-        for ax, row in zip(axes[0], scored):
+        cols = min(4, len(scored))
+        grid_rows = -(-len(scored) // cols)
+        fig, axes = plt.subplots(grid_rows, cols, figsize=(4.2 * cols, 3.4 * grid_rows), squeeze=False)
+        for ax in axes.flat[len(scored):]:
+            ax.set_visible(False)
+        for ax, row in zip(axes.flat, scored):
             for name, values in row["scores"].items():
                 ax.hist(values, bins=20, alpha=0.6, label=f"{name} (mean {sum(values) / len(values):.2f})")
             ax.set_title(f"{row['label']}: RM scores", fontsize=10)
