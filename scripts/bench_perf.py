@@ -299,30 +299,7 @@ class Bench:
 
             return ensure_tiny("forge-tiny")
         target = self.workdir / f"{self.args.size}-base"
-        if (target / "config.json").is_file():
-            return target
-        import shutil
-
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from forge_trl.models.loading import load_tokenizer, resolve_source
-
-        tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-        config = AutoConfig.for_model("qwen3", vocab_size=QWEN3_VOCAB, pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-                                      **ARCHS[self.args.size])
-        torch.manual_seed(0)
-        dtype = torch.bfloat16 if self.cuda else torch.float32
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-        bench_ppo.log(f"built {target}: {sum(p.numel() for p in model.parameters()):,} parameters")
+        bench_ppo.build_qwen_base(target, ARCHS[self.args.size], vocab_size=QWEN3_VOCAB, bf16=self.cuda)
         return target
 
     def data_file(self, layout: str) -> Path:

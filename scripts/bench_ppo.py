@@ -188,8 +188,10 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def build_qwen_base(target: Path) -> None:
-    """A random-init model with Qwen3-0.6B's architecture and the tiny tokenizer, saved as a model directory."""
+def build_qwen_base(target: Path, arch: dict | None = None, vocab_size: int | None = None,
+                    bf16: bool = False) -> None:
+    """A random-init Qwen3 (Qwen3-0.6B's architecture unless `arch` says otherwise) with the tiny tokenizer's
+    token ids, saved as a model directory. `vocab_size`: the embedding size (default: the tiny tokenizer's)."""
     if (target / "config.json").is_file():
         return
     import torch
@@ -198,10 +200,10 @@ def build_qwen_base(target: Path) -> None:
     from forge_trl.models.loading import load_tokenizer, resolve_source
 
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    config = AutoConfig.for_model("qwen3", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **QWEN3_0_6B)
+    config = AutoConfig.for_model("qwen3", vocab_size=vocab_size or len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **(arch or QWEN3_0_6B))
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if bf16 else torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = target.with_name(target.name + ".tmp")
