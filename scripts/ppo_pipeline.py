@@ -22,17 +22,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def rm_scores(rm, rm_tokenizer, prompts: list[str], responses: list[str]) -> list[float]:
-    texts = [rm_tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
-                                              tokenize=False) for p, r in zip(prompts, responses)]
-    scores = []
-    with torch.no_grad():
-        for i in range(0, len(texts), 32):
-            batch = rm_tokenizer(texts[i:i + 32], return_tensors="pt", padding=True, add_special_tokens=False)
-            scores += rm(**batch).logits[:, 0].tolist()
-    return scores
-
-
 def sequence_logps(model, tokenizer, prompts: list[str], responses: list[str]) -> list[float]:
     """Sum of log-probs of each response given its prompt, as the chat template renders them."""
     out = []
@@ -60,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-    from forge_trl.bench.metrics import generate
+    from forge_trl.bench.metrics import generate, reward_scores
     from forge_trl.cli import quiet_third_party_logs
     from forge_trl.data.demo import check_answer, ensure_demo_suite
     from forge_trl.data.rows import read_rows
@@ -94,7 +83,7 @@ def main() -> None:
         for name, (model, _) in policies.items():
             torch.manual_seed(0)
             responses = generate(model, tokenizer, eval_prompts, max_new_tokens=16, temperature=temperature)
-            scores = rm_scores(reward_model, reward_tokenizer, eval_prompts, responses)
+            scores = reward_scores(reward_model, reward_tokenizer, eval_prompts, responses)
             kl = [a - b for a, b in zip(sequence_logps(model, tokenizer, eval_prompts, responses),
                                         sequence_logps(sft_model, tokenizer, eval_prompts, responses))]
             table.append({

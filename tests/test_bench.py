@@ -228,18 +228,25 @@ def test_bench_cli_writes_table_json_and_plots_with_rm_scores_and_win_rate(check
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 
 
-def test_rm_judge_win_rate_is_half_against_itself(checkpoints, tmp_path):
-    # The same policy as target and baseline (two paths to one checkpoint): identical responses tie everywhere.
+def test_rm_judge_skips_the_baseline_itself_and_counts_wins_by_rm_score(checkpoints, tmp_path):
+    from forge_trl.bench.runner import Bench
+
+    # The baseline under another path (a symlink) is the baseline: it is not judged against itself.
     link = tmp_path / "same"
     link.symlink_to(checkpoints["sft"], target_is_directory=True)
-    cfg = BenchConfig(max_rows=4, max_new_tokens=6, plots=False,
+    cfg = BenchConfig(max_new_tokens=6, plots=False,
                       judge=JudgeConfig(baseline=str(link), reward_model=str(checkpoints["rm"])))
     heldout = _symmetric_heldout(tmp_path)
-    bench_report = run_bench([str(checkpoints["sft"])], cfg, tmp_path, heldout=heldout)
-    assert "win_rate" not in bench_report["checkpoints"][0]  # a symlink to the baseline is the baseline
+    assert "win_rate" not in run_bench([str(checkpoints["sft"])], cfg, tmp_path, heldout=heldout)["checkpoints"][0]
+    # Against another baseline, the win-rate is the share of prompts where the RM scores the target higher.
     cfg.judge.baseline = "forge-tiny"
-    row = run_bench([str(checkpoints["sft"])], cfg, tmp_path, heldout=heldout)["checkpoints"][0]
-    assert 0.0 <= row["win_rate"] <= 1.0
+    bench = Bench(cfg, heldout)
+    row = bench.evaluate(str(checkpoints["sft"]))
+    rm, tokenizer = bench.judge.model, bench.judge.tokenizer
+    ours = M.reward_scores(rm, tokenizer, heldout.prompts, [g.text for g in bench.responses(str(checkpoints["sft"]))])
+    theirs = M.reward_scores(rm, tokenizer, heldout.prompts, [g.text for g in bench.responses("forge-tiny")])
+    expected = [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(ours, theirs)]
+    assert row["win_rate"] == pytest.approx(M.win_rate(expected))
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -29,9 +29,6 @@ from forge_trl.errors import DataError
 
 log = logging.getLogger(__name__)
 
-RL_TASKS = ("ppo", "grpo", "rloo")
-
-
 @dataclass
 class HeldOut:
     prompts: list[str]
@@ -94,7 +91,7 @@ def describe_checkpoint(path: str) -> CheckpointInfo:
     info = source.run_info or {}
     reward_model = None
     config_file = Path(path) / RESOLVED_CONFIG_FILE
-    if info.get("task") in RL_TASKS and config_file.is_file():
+    if config_file.is_file():  # RL tasks (PPO, GRPO, RLOO) record the RM they trained against
         resolved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         reward_model = ((resolved.get("task") or {}).get("reward_model") or {}).get("checkpoint_path")
     head = HEAD_SEQ_CLS if info.get("head") == HEAD_SEQ_CLS else "causal_lm"
@@ -198,7 +195,7 @@ class Bench:
             result.update(rm_score=sum(scores) / len(scores),
                           rm_length_corr=M.spearman(scores, [g.tokens for g in gens]),
                           scores={"rm": scores})
-            if info.task in RL_TASKS and info.parent:
+            if info.training_reward_model and info.parent:
                 parent_scores = self.rm_scores(rm_path, self.responses(info.parent))
                 result["rm_score_gain"] = result["rm_score"] - sum(parent_scores) / len(parent_scores)
         judge, baseline = self.judge, self.cfg.judge.baseline
