@@ -11,14 +11,16 @@ Cases (`--cases`, comma-separated; default all):
   script doing the same thing (scripts/perf_cases/plain_trl.py): same model directory, the same JSONL rows, batch,
   sequence length, LoRA (r=16, alpha 32, dropout 0.05 on the seven projections), precision and optimizer
   settings. Ratio: forge step time / plain step time (target <= 1.03).
-- `memory`: peak memory of forge DPO (batch pairs) and forge PPO (batch prompts, policy, reference, reward and
-  value sharing one base) over forge SFT (batch examples) on the same model (targets 1.15x and 1.5x). Only
+- `memory`: peak memory of forge DPO (batch pairs; TRL's one-batch step, and `task.split_pairs=true`) and forge
+  PPO (batch prompts, policy, reference, reward and value sharing one base) over forge SFT (batch examples) on the
+  same model (targets: 1.15x for DPO with split_pairs, 1.5x for PPO), plus split_pairs' step-time cost. Only
   meaningful where weights dominate the process: use qwen3-0.6b or larger.
 - `ppo`: forge PPO against TRL 0.29.1's PPOTrainer, through scripts/bench_ppo.py's own preparation and
   measurement (its `tiny` and `qwen3-0.6b` cases; targets: >= 1.5x episodes/s, <= 0.6x peak memory).
-- `packing`: forge SFT on the variable-length demo rows, padded against packed (TRL's best-fit-decreasing packing,
-  which makes the batch padding-free: one flattened row with position_ids, so attention never crosses a sequence
-  boundary). Tokens/s counts real (non-pad) tokens. Target >= 1.5x.
+- `packing`: forge SFT on the variable-length demo rows, padded against packed (TRL's best-fit-decreasing packing;
+  forge_trl/tasks/packing.py keeps the packed rows two-dimensional unless the attention has a variable-length
+  kernel; attention never crosses a sequence boundary either way). Tokens/s counts real (non-pad) tokens. Target
+  >= 1.5x.
 - `moe`: `moe_expert_lora` (8 experts, top-2) against `dense_lora`, and against a naive per-expert loop, with
   scripts/bench_injections.py's step (forward + backward + AdamW on random tokens). Target <= 2x dense.
 - `gpu` (CUDA only, skipped on CPU): forge SFT with Liger kernels on/off (`use_liger_kernel`, skipped when
@@ -91,7 +93,9 @@ PAIRS = {
     "dpo": [("forge / plain TRL step time, DPO", "forge-dpo", "plain-dpo", "step", 1.03, "max")],
     "orpo": [("forge / plain TRL step time, ORPO", "forge-orpo", "plain-orpo", "step", 1.03, "max")],
     "rm": [("forge / plain TRL step time, RM", "forge-rm", "plain-rm", "step", 1.03, "max")],
-    "memory": [("peak memory DPO / SFT (forge)", "forge-dpo", "forge-sft", "peak", 1.15, "max"),
+    "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
+               ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
+               ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
                ("peak memory PPO / SFT (forge, shared base)", "forge-ppo", "forge-sft", "peak", 1.5, "max")],
     "ppo": [("forge PPO / TRL 0.29.1 episodes/s", "ppo-forge", "ppo-trl", "tps", 1.5, "min"),
             ("forge PPO / TRL 0.29.1 peak memory", "ppo-forge", "ppo-trl", "peak", 0.6, "max")],
@@ -435,6 +439,8 @@ class Bench:
         for task in ("sft", "dpo"):
             data = self.data_file(LAYOUTS[task])
             self.measure(f"forge-{task}", "forge", self.training_spec(task, task, data, LAYOUTS[task]))
+        self.measure("forge-dpo-split", "forge", self.training_spec("dpo", "dpo-split", self.data_file(LAYOUTS["dpo"]),
+                                                                    LAYOUTS["dpo"], ("task.split_pairs=true",)))
         # PPO needs an SFT adapter and a reward model on the same base: one forge step each (only shapes matter).
         logs = self.workdir / "logs"
         base = self.model_dir()
@@ -490,9 +496,10 @@ class Bench:
                             self.training_spec("sft", f"sft-{name}", demo, "sft", extra_forge=extra))
                            for name, extra in (("padded", ()), ("packed", ("task.packing=true",)))])
         self.notes.append("packing: the demo sft rows (variable length, ~10-40 tokens), padded per batch vs packed "
-                          f"into rows of {self.args.seq_len} tokens (TRL's bfd packing, padding-free with "
-                          "position_ids; on CPU the sdpa attention gets a block-diagonal mask from the position_ids, "
-                          "flash-attention kernels on GPU use cu_seq_lens).")
+                          f"into rows of {self.args.seq_len} tokens (TRL's bfd packing). Without flash attention "
+                          "forge keeps the packed rows two-dimensional, each row's position_ids restarting at every "
+                          "sequence (block-diagonal mask per row); with flash attention, TRL's flattened batch and "
+                          "cu_seq_lens.")
 
     def case_moe(self) -> None:
         if self.args.size == "qwen3-1.7b":  # bench_injections.py steps on the CPU: too slow at this size

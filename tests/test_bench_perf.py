@@ -52,19 +52,25 @@ def test_ratios_verdicts_and_table():
         "plain-sft": dict(implementation="plain TRL", median_step_s=0.1, tokens_per_s=1020.0, peak_bytes=3 * 2**30,
                           timed_steps=5),
         "forge-dpo": dict(implementation="forge_trl", median_step_s=0.2, peak_bytes=4 * 2**30, timed_steps=5),
+        "forge-dpo-split": dict(implementation="forge_trl", median_step_s=0.23, peak_bytes=3.3 * 2**30,
+                                timed_steps=5),
         "forge-ppo": dict(error="see log"),
     }
     rows = bench_perf.compute_ratios(["sft", "memory", "orpo"], results)
     by_label = {r["label"]: r for r in rows}
     sft = by_label["forge / plain TRL step time, SFT"]
     assert sft["value"] == pytest.approx(1.02) and sft["result"] == "met"
-    dpo = by_label["peak memory DPO / SFT (forge)"]
-    assert dpo["value"] == pytest.approx(4 / 3) and dpo["result"] == "MISSED"
+    dpo = by_label["peak memory DPO / SFT (forge, TRL's one-batch step)"]
+    assert dpo["value"] == pytest.approx(4 / 3) and dpo["result"] == "(info)"
+    split = by_label["peak memory DPO split_pairs / SFT (forge)"]
+    assert split["value"] == pytest.approx(1.1) and split["result"] == "met"
+    assert by_label["step time DPO split_pairs / DPO (forge)"]["value"] == pytest.approx(1.15)
     assert by_label["peak memory PPO / SFT (forge, shared base)"]["result"] == "n/a"  # failed run: no ratio
     assert not any(r["case"] == "orpo" for r in rows)  # runs absent: no row
     assert bench_perf.verdict(1.6, 1.5, "min") == "met" and bench_perf.verdict(2.0, None, None) == "(info)"
-    tiny = bench_perf.compute_ratios(["memory"], results, "tiny")
-    assert tiny[0]["result"] == "(not judged on tiny)"  # torch's own memory dominates the tiny model's peak
+    tiny = {r["label"]: r for r in bench_perf.compute_ratios(["memory"], results, "tiny")}
+    # torch's own memory dominates the tiny model's peak
+    assert tiny["peak memory DPO split_pairs / SFT (forge)"]["result"] == "(not judged on tiny)"
     table = bench_perf.format_tables(results, rows, "peak RSS")
     assert "| forge-sft | forge_trl | 102.0 ms | 5 | 1,000 | 3,072 MiB | 1.90 / 0.00 |" in table
     assert "| forge-ppo | ? | failed: see log |" in table

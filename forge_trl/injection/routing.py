@@ -76,6 +76,9 @@ class RoutingRecorder:
     # Optional model-native loss: called with (tuple of per-layer router logits, attention_mask) -> Tensor.
     native_loss: object = None
     collecting: bool = False
+    # True while activation checkpointing recomputes a forward (see tasks/pair_split.py): the router ops run again,
+    # so the recomputed graph saves what the original saved, but nothing is recorded twice.
+    replaying: bool = False
     attention_mask: torch.Tensor | None = None
     _losses: list = field(default_factory=list)
     _logits: list = field(default_factory=list)
@@ -101,6 +104,14 @@ class RoutingRecorder:
         finally:
             self.collecting = False
 
+    @contextlib.contextmanager
+    def replay(self):
+        self.replaying = True
+        try:
+            yield
+        finally:
+            self.replaying = False
+
     def active(self) -> bool:
         return self.collecting and torch.is_grad_enabled()
 
@@ -112,15 +123,19 @@ class RoutingRecorder:
 
     def record(self, layer: str, router_logits: torch.Tensor, top_idx: torch.Tensor | None) -> None:
         """One routed layer's forward: router logits (T, N) and the chosen experts (T, k), None when dense."""
-        if not self.active():
+        if not (self.active() or (self.replaying and torch.is_grad_enabled())):
             return
         logits = router_logits.float()
         probs = logits.softmax(-1)
         mask = self.token_mask(logits.shape[0])
-        if self.native_loss is not None:
-            self._logits.append(logits)
+        loss = None if self.native_loss is not None else switch_balance_loss(probs, top_idx, mask)
+        if self.replaying:
+            return
+        if loss is None:
+            # Each layer's logits with the mask of the forward they came from (a split batch has two).
+            self._logits.append((logits, self.attention_mask))
         else:
-            self._losses.append(switch_balance_loss(probs, top_idx, mask))
+            self._losses.append(loss)
         with torch.no_grad():
             real_probs = probs if mask is None else probs[mask]
             real_idx = top_idx if mask is None or top_idx is None else top_idx[mask]
@@ -137,7 +152,7 @@ class RoutingRecorder:
     def pop_loss(self) -> torch.Tensor | None:
         """The balancing loss of the forwards collected since `collect()` began (mean over layers)."""
         if self.native_loss is not None and self._logits:
-            loss = self.native_loss(tuple(self._logits), self.attention_mask)
+            loss = self._native_loss()
         elif self._losses:
             loss = torch.stack(self._losses).mean()
         else:
@@ -145,6 +160,21 @@ class RoutingRecorder:
         self._losses.clear()
         self._logits.clear()
         return loss
+
+    def _native_loss(self) -> torch.Tensor:
+        """The model's own balancing loss, per forward (consecutive layers that share one attention mask), then
+        averaged over the forwards weighted by their tokens."""
+        groups: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []
+        for logits, mask in self._logits:
+            if groups and groups[-1][0] is mask:
+                groups[-1][1].append(logits)
+            else:
+                groups.append((mask, [logits]))
+        if len(groups) == 1:
+            return self.native_loss(tuple(groups[0][1]), groups[0][0])
+        weights = torch.tensor([float(layers[0].shape[0]) for _, layers in groups])
+        losses = torch.stack([self.native_loss(tuple(layers), mask) for mask, layers in groups])
+        return (losses * (weights / weights.sum()).to(losses)).sum()
 
     def pop_metrics(self) -> dict[str, float]:
         """Routing health over the interval since the last call; warns once per layer on collapse."""

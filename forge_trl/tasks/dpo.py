@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from forge_trl.config import TaskConfig, require
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
+from forge_trl.tasks.pair_split import SplitPairsTask, with_split_pairs
 
 log = logging.getLogger("forge_trl")
 
@@ -27,6 +28,9 @@ class DPOTaskConfig(TaskConfig):
     label_smoothing: float = 0.0
     # Compute reference log-probs once before training instead of at every step.
     precompute_ref_log_probs: bool = False
+    # Send chosen and rejected through the policy one after the other, the first half recomputed in backward:
+    # peak activation memory of B sequences instead of 2·B, for one extra forward over B (tasks/pair_split.py).
+    split_pairs: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -35,7 +39,7 @@ class DPOTaskConfig(TaskConfig):
 
 
 @TASKS.register("dpo")
-class DPOTask(Task):
+class DPOTask(SplitPairsTask, Task):
     name = "dpo"
     schema = DPOTaskConfig
     data_layouts = ("prompted_preference", "preference")
@@ -57,4 +61,4 @@ class DPOTask(Task):
     def trl_classes(self):
         from trl import DPOConfig, DPOTrainer
 
-        return DPOConfig, DPOTrainer
+        return DPOConfig, with_split_pairs(DPOTrainer)

@@ -22,6 +22,7 @@ import torch
 from forge_trl.config import TaskConfig, require
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
+from forge_trl.tasks.pair_split import SplitPairsTask, with_split_pairs
 
 LN_HALF = -math.log(2.0)
 # Highest per-token average log-prob the odds ratio sees: p = 1 - 1e-6. At x = 0 exactly the odds are infinite
@@ -74,6 +75,8 @@ class ORPOTaskConfig(TaskConfig):
     learning_rate: float = 8e-6
     # Weight of the odds-ratio term: 0.1-0.3 after SFT on small data, up to 1.0 for standalone ORPO.
     orpo_lambda: float = 0.1
+    # Chosen and rejected through the policy one after the other: see DPOTaskConfig.split_pairs.
+    split_pairs: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -81,7 +84,7 @@ class ORPOTaskConfig(TaskConfig):
 
 
 @TASKS.register("orpo")
-class ORPOTask(Task):
+class ORPOTask(SplitPairsTask, Task):
     name = "orpo"
     schema = ORPOTaskConfig
     data_layouts = ("prompted_preference", "preference")
@@ -93,4 +96,4 @@ class ORPOTask(Task):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOConfig, stable_orpo_trainer(ORPOTrainer)
+        return ORPOConfig, with_split_pairs(stable_orpo_trainer(ORPOTrainer))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from forge_trl.config import TaskConfig
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
+from forge_trl.tasks.packing import use_packed_rows, with_packed_rows
 
 
 @dataclass
@@ -18,7 +19,8 @@ class SFTTaskConfig(TaskConfig):
     learning_rate: float = 2e-4
     # Loss on response tokens only; false trains on the prompt too.
     completion_only_loss: bool = True
-    # Concatenate rows into full-length sequences (TRL's best-fit-decreasing packing).
+    # Concatenate rows into full-length sequences (TRL's best-fit-decreasing packing). Attention never crosses a
+    # row boundary; without flash attention the packed rows stay two-dimensional (tasks/packing.py).
     packing: bool = False
 
 
@@ -36,7 +38,13 @@ class SFTTask(Task):
             packing=t.packing,
         )
 
+    def build_trainer(self, ctx: TaskContext):
+        trainer = super().build_trainer(ctx)
+        if ctx.cfg.task.packing:
+            use_packed_rows(trainer, ctx.tokenizer)
+        return trainer
+
     def trl_classes(self):
         from trl import SFTConfig, SFTTrainer
 
-        return SFTConfig, SFTTrainer
+        return SFTConfig, with_packed_rows(SFTTrainer)
