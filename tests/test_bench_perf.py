@@ -45,6 +45,17 @@ def test_real_tokens_of_padded_preference_and_padding_free_batches():
     assert bench_perf.count_real_tokens(flat) == 37
 
 
+def test_forge_own_work_counts_callback_hooks_in_full_and_other_forge_code_by_self_time():
+    class Stats:  # the shape of pstats.Stats.stats: (file, line, name) -> (calls, calls, self, cumulative, callers)
+        stats = {
+            ("/x/forge_trl/callbacks.py", 1, "on_step_end"): (10, 10, 0.001, 0.05, {}),
+            ("/x/forge_trl/tasks/base.py", 2, "compute_loss"): (10, 10, 0.002, 3.0, {}),
+            ("/x/trl/trainer/dpo_trainer.py", 3, "compute_loss"): (10, 10, 0.5, 2.9, {}),
+        }
+
+    assert bench_perf.forge_own_seconds(Stats(), steps=10) == pytest.approx((0.05 + 0.002) / 10)
+
+
 def test_ratios_verdicts_and_table():
     results = {
         "forge-sft": dict(implementation="forge_trl", median_step_s=0.102, tokens_per_s=1000.0, peak_bytes=3 * 2**30,
@@ -68,6 +79,13 @@ def test_ratios_verdicts_and_table():
     assert by_label["peak memory PPO / SFT (forge, shared base)"]["result"] == "n/a"  # failed run: no ratio
     assert not any(r["case"] == "orpo" for r in rows)  # runs absent: no row
     assert bench_perf.verdict(1.6, 1.5, "min") == "met" and bench_perf.verdict(2.0, None, None) == "(info)"
+    assert bench_perf.verdict(1.05, 1.03, "max", noise=0.08) == "MISSED, within the ±8% process-to-process spread"
+    assert bench_perf.verdict(1.05, 1.03, "max", noise=0.02) == "MISSED"
+    assert bench_perf.process_spread({"process_medians_s": [0.09, 0.1, 0.11]}) == pytest.approx(0.1)
+    results["forge-sft-profiled"] = dict(implementation="forge_trl under cProfile", median_step_s=0.2,
+                                         forge_own_s=0.0005)
+    own = {r["label"]: r for r in bench_perf.compute_ratios(["sft"], results)}
+    assert own["(plain TRL step + forge's own work) / plain TRL step, SFT"]["value"] == pytest.approx(1.005)
     tiny = {r["label"]: r for r in bench_perf.compute_ratios(["memory"], results, "tiny")}
     # torch's own memory dominates the tiny model's peak
     assert tiny["peak memory DPO split_pairs / SFT (forge)"]["result"] == "(not judged on tiny)"

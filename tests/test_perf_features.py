@@ -22,7 +22,7 @@ class BatchSizes:
         self.calls.append((args[0].shape[0], torch.is_grad_enabled()))
 
 
-def preference_run(tmp_path, task, strategy, split, hook=None, steps=3):
+def preference_run(tmp_path, task, strategy, split, hook=None, steps=3, extra=()):
     from transformers import TrainerCallback
 
     class HookEmbedding(TrainerCallback):
@@ -33,15 +33,16 @@ def preference_run(tmp_path, task, strategy, split, hook=None, steps=3):
     _, _, metrics = train_in_process(
         tmp_path / f"{task}-{strategy}-{split}", f"task={task}", f"injection={strategy}",
         f"model={MODEL_FOR.get(strategy, 'tiny')}", "data=demo_preference", "task.learning_rate=1e-3",
-        "injection.dropout=0", f"task.split_pairs={split}", steps=steps, callbacks=(HookEmbedding(),))
+        "injection.dropout=0", f"task.split_pairs={split}", *extra, steps=steps, callbacks=(HookEmbedding(),))
     return [r for r in metrics if "loss" in r]
 
 
-@pytest.mark.parametrize("task", ["dpo", "orpo"])
-def test_split_pairs_gives_the_one_batch_step_and_recomputes_the_first_half(task, tmp_path):
-    whole = preference_run(tmp_path, task, "dense_lora", "false")
+@pytest.mark.parametrize(("task", "extra"), [("dpo", ()), ("orpo", ()),
+                                             ("dpo", ("task.gradient_checkpointing=true",))])
+def test_split_pairs_gives_the_one_batch_step_and_recomputes_the_first_half(task, extra, tmp_path):
+    whole = preference_run(tmp_path, task, "dense_lora", "false", extra=extra)
     sizes = BatchSizes()
-    split = preference_run(tmp_path, task, "dense_lora", "true", hook=sizes)
+    split = preference_run(tmp_path, task, "dense_lora", "true", hook=sizes, extra=extra)
 
     assert len(whole) == len(split) == 3
     keys = ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/margins")
