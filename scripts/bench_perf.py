@@ -615,7 +615,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default per size)")
     parser.add_argument("--logging-steps", type=int, default=10, help="trainer logging interval (forge's default)")
     parser.add_argument("--repeats", type=int, help="processes per side of a speed comparison, interleaved; each "
-                        "side reports the median (default: 3 for tiny, 1 otherwise)")
+                        "side reports the median (default: 5 for tiny, 1 otherwise)")
     parser.add_argument("--workdir", default="outputs/bench_perf")
     parser.add_argument("--json", help="write all runs and ratios to this file")
     parser.add_argument("--wait-idle", action="store_true",
