@@ -91,19 +91,20 @@ SIZE_DEFAULTS = {
 PPO_RESPONSE_TOKENS = 16
 # (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
 # step time, "tps" tokens/s, "peak" peak memory.
+OVERHEAD_TARGET = 1.03
+
+
+def overhead_pairs(task: str) -> list[tuple]:
+    """forge against plain TRL for one training task: the A/B step time, and the plain step plus forge's own
+    profiled work per step."""
+    name = task.upper()
+    return [(f"forge / plain TRL step time, {name}", f"forge-{task}", f"plain-{task}", "step", OVERHEAD_TARGET, "max"),
+            (f"(plain TRL step + forge's own work) / plain TRL step, {name}", f"forge-{task}-profiled",
+             f"plain-{task}", "own", OVERHEAD_TARGET, "max")]
+
+
 PAIRS = {
-    "sft": [("forge / plain TRL step time, SFT", "forge-sft", "plain-sft", "step", 1.03, "max"),
-             ("(plain TRL step + forge's own work) / plain TRL step, SFT", "forge-sft-profiled", "plain-sft",
-              "own", 1.03, "max")],
-    "dpo": [("forge / plain TRL step time, DPO", "forge-dpo", "plain-dpo", "step", 1.03, "max"),
-             ("(plain TRL step + forge's own work) / plain TRL step, DPO", "forge-dpo-profiled", "plain-dpo",
-              "own", 1.03, "max")],
-    "orpo": [("forge / plain TRL step time, ORPO", "forge-orpo", "plain-orpo", "step", 1.03, "max"),
-             ("(plain TRL step + forge's own work) / plain TRL step, ORPO", "forge-orpo-profiled", "plain-orpo",
-              "own", 1.03, "max")],
-    "rm": [("forge / plain TRL step time, RM", "forge-rm", "plain-rm", "step", 1.03, "max"),
-             ("(plain TRL step + forge's own work) / plain TRL step, RM", "forge-rm-profiled", "plain-rm",
-              "own", 1.03, "max")],
+    **{task: overhead_pairs(task) for task in ("sft", "dpo", "orpo", "rm")},
     "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
                ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
                ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
