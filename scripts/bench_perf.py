@@ -89,8 +89,6 @@ SIZE_DEFAULTS = {
     "qwen3-1.7b": dict(batch=8, seq_len=512, steps=10, warmup=3, repeats=1),
 }
 PPO_RESPONSE_TOKENS = 16
-# (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
-# step time, "tps" tokens/s, "peak" peak memory.
 OVERHEAD_TARGET = 1.03
 
 
@@ -103,6 +101,8 @@ def overhead_pairs(task: str) -> list[tuple]:
              f"plain-{task}", "own", OVERHEAD_TARGET, "max")]
 
 
+# (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
+# step time, "tps" tokens/s, "peak" peak memory, "own" the plain step plus forge's profiled own work.
 PAIRS = {
     **{task: overhead_pairs(task) for task in ("sft", "dpo", "orpo", "rm")},
     "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
