@@ -108,6 +108,7 @@ PAIRS = {
     "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
                ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
                ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
+               ("peak memory ORPO split_pairs / ORPO (forge)", "forge-orpo-split", "forge-orpo", "peak", None, None),
                ("peak memory PPO / SFT (forge, shared base)", "forge-ppo", "forge-sft", "peak", 1.5, "max")],
     "ppo": [("forge PPO / TRL 0.29.1 episodes/s", "ppo-forge", "ppo-trl", "tps", 1.5, "min"),
             ("forge PPO / TRL 0.29.1 peak memory", "ppo-forge", "ppo-trl", "peak", 0.6, "max")],
@@ -499,8 +500,11 @@ class Bench:
         for task in ("sft", "dpo"):
             data = self.data_file(LAYOUTS[task])
             self.measure(f"forge-{task}", "forge", self.training_spec(task, task, data, LAYOUTS[task]))
-        self.measure("forge-dpo-split", "forge", self.training_spec("dpo", "dpo-split", self.data_file(LAYOUTS["dpo"]),
-                                                                    LAYOUTS["dpo"], ("task.split_pairs=true",)))
+        pairs = self.data_file(LAYOUTS["orpo"])
+        self.measure("forge-orpo", "forge", self.training_spec("orpo", "orpo", pairs, LAYOUTS["orpo"]))
+        for task in ("dpo", "orpo"):
+            self.measure(f"forge-{task}-split", "forge", self.training_spec(task, f"{task}-split", pairs, LAYOUTS[task],
+                                                                            ("task.split_pairs=true",)))
         # PPO needs an SFT adapter and a reward model on the same base: one forge step each (only shapes matter).
         logs = self.workdir / "logs"
         base = self.model_dir()
