@@ -64,9 +64,9 @@ def split_pair_forward(module: torch.nn.Module, recorder=None):
         ids = kwargs.get("input_ids")
         if args or not torch.is_grad_enabled() or ids is None or ids.size(0) < 2 or ids.size(0) % 2:
             return original(*args, **kwargs)
-        batch = ids.size(0)
-        first = {key: _halves(value, batch)[0] for key, value in kwargs.items()}
-        second = {key: _halves(value, batch)[1] for key, value in kwargs.items()}
+        halves = {key: _halves(value, ids.size(0)) for key, value in kwargs.items()}
+        first = {key: pair[0] for key, pair in halves.items()}
+        second = {key: pair[1] for key, pair in halves.items()}
         first_out = checkpoint(lambda: original(**first), use_reentrant=False, context_fn=recompute_context)
         second_out = original(**second)
         return _merge_outputs(first_out, second_out)
