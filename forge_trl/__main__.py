@@ -1,4 +1,6 @@
-from forge_trl.cli import main
+"""`python -m forge_trl ...` is `forge-trl ...` (train by default)."""
+
+from forge_trl.commands import entry_point
 
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -139,7 +139,7 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
 
     from transformers import set_seed
 
-    from forge_trl.callbacks import MetricsFileCallback, NonFiniteGuard, plot_loss
+    from forge_trl.trainers.callbacks import MetricsFileCallback, plot_loss
     from forge_trl.models.checkpoint import write_final
     from forge_trl.models.loading import load_injected, load_tokenizer
     from forge_trl.tasks.base import TaskContext
@@ -157,7 +157,6 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         100.0 * trainable / max(total, 1),
     )
 
-    guard = NonFiniteGuard(cfg.max_nonfinite_steps)
     ctx = TaskContext(
         cfg=cfg,
         model=model,
@@ -166,15 +165,15 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         eval_dataset=data.eval,
         output_dir=output_dir,
         precision=precision,
-        callbacks=[*schedule_callbacks, guard, MetricsFileCallback(output_dir), *extra_callbacks],
-        routing=find_recorder(model),
-        reference_drifts=any("base_ffn" in phase.trainable for phase in injection.cfg.phases),
+        callbacks=[*schedule_callbacks, MetricsFileCallback(output_dir), *extra_callbacks],
         source=source,
         injection=injection,
+        routing=find_recorder(model),
     )
     trainer = task.build_trainer(ctx)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    if guard.stopped_at is not None:
+    guard = trainer.nonfinite_guard
+    if guard is not None and guard.stopped_at is not None:
         from forge_trl.models.checkpoint import list_checkpoints
 
         saved = list_checkpoints(output_dir)

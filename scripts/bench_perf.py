@@ -369,7 +369,7 @@ class Bench:
         (RewardTrainer drops longer rows instead of cutting them): prompt 3/8, chosen and rejected the rest."""
         import random
 
-        from forge_trl.data.demo import ensure_demo_suite
+        from forge_trl.data.demo_suite import ensure_demo_suite
         from forge_trl.data.rows import read_rows
         from forge_trl.models.loading import load_tokenizer, resolve_source
 
@@ -553,7 +553,7 @@ class Bench:
                           "batch 2, 3 PPO steps); it measures peak RSS, also on CUDA machines.")
 
     def case_packing(self) -> None:
-        from forge_trl.data.demo import ensure_demo_suite
+        from forge_trl.data.demo_suite import ensure_demo_suite
 
         demo = Path(ensure_demo_suite()["sft"])
         self.measure_pair([(f"forge-sft-{name}", "forge",

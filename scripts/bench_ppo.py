@@ -217,7 +217,7 @@ def build_qwen_base(target: Path, arch: dict | None = None, vocab_size: int | No
 # ------------------------------------------------------------------------------------------------ cases
 def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     """Forge SFT + RM checkpoints, their merged exports for TRL, and the prompt file(s). Returns both specs."""
-    from forge_trl.data.demo import ensure_demo_suite
+    from forge_trl.data.demo_suite import ensure_demo_suite
     from forge_trl.data.rows import read_rows
     from forge_trl.models.loading import load_tokenizer
 
@@ -325,7 +325,8 @@ def child_forge(spec: dict, timer) -> dict:
 
     import torch
 
-    from forge_trl.cli import compose, quiet_third_party_logs
+    from forge_trl.commands.compose import compose
+from forge_trl.commands.console import quiet_third_party_logs
     from forge_trl.train import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

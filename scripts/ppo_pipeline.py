@@ -50,10 +50,10 @@ def main() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     from forge_trl.bench.metrics import generate, reward_scores
-    from forge_trl.cli import quiet_third_party_logs
-    from forge_trl.data.demo import check_answer, ensure_demo_suite
+    from forge_trl.commands.console import quiet_third_party_logs
+    from forge_trl.data.demo_suite import check_answer, ensure_demo_suite
     from forge_trl.data.rows import read_rows
-    from forge_trl.demo import STAGES, run_stage
+    from forge_trl.commands.demo import STAGES, run_stage
     from forge_trl.models.loading import load_for_inference
     from forge_trl.rl.reward import load_reward_model
 

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from forge_trl.cli import compose, quiet_third_party_logs
+    from forge_trl.commands.compose import compose
+from forge_trl.commands.console import quiet_third_party_logs
     from forge_trl.train import run
 
     quiet_third_party_logs()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_trl.callbacks import read_metrics
+from forge_trl.trainers.callbacks import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from forge_trl.callbacks import read_metrics
-from forge_trl.cli import compose
+from forge_trl.trainers.callbacks import read_metrics
+from forge_trl.commands.compose import compose
 from forge_trl.injection import get_injection
 from forge_trl.train import run
 

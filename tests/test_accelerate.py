@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from forge_trl.callbacks import read_metrics
-from forge_trl.cli import compose
+from forge_trl.trainers.callbacks import read_metrics
+from forge_trl.commands.compose import compose
 from forge_trl.train import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,7 +235,7 @@ def test_cpu_backend_is_chosen_only_for_a_multi_process_launch_without_gpu(launc
 
 def test_ppo_refuses_more_than_one_process():
     from forge_trl.errors import ConfigError
-    from forge_trl.rl.ppo_trainer import PPOTrainer
+    from forge_trl.trainers.ppo import PPOTrainer
 
     with pytest.raises(ConfigError, match="single process"):
         PPOTrainer(models=None, args=types.SimpleNamespace(world_size=2), train_dataset=None, processing_class=None)

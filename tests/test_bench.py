@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from forge_trl.bench import metrics as M
-from forge_trl.bench.config import BenchConfig, JudgeConfig
+from forge_trl.config.bench import BenchConfig, JudgeConfig
 from forge_trl.bench.judges import HttpJudge, JudgeError
 from forge_trl.bench.runner import HeldOut, run_bench
 
@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # ----- pure metrics -----------------------------------------------------------------------------------------
 def test_checker_and_format_metrics_on_known_responses():
-    from forge_trl.data.demo import check_answer
+    from forge_trl.data.demo_suite import check_answer
 
     assert M.checker_accuracy(["7", "7.", "seven", "7, I think"], ["7"] * 4, check_answer) == 0.5
     gens = [M.Generation("7", 2, True), M.Generation("7 and more", 16, False), M.Generation("  ", 1, True),

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from forge_trl.callbacks import read_metrics
-from forge_trl.cli import compose
+from forge_trl.trainers.callbacks import read_metrics
+from forge_trl.commands.compose import compose
 from forge_trl.config import ModelConfig
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection
 from forge_trl.models.checkpoint import write_final

@@ -13,7 +13,7 @@ from forge_trl import preprocess as preprocess_cli
 from forge_trl.config import DataConfig
 from forge_trl.data.dataset import prepare_data
 from forge_trl.data.formats import to_trl_columns
-from forge_trl.data.preprocess import METADATA_FILE, build_cache, is_pretokenized_preference
+from forge_trl.data.token_cache import METADATA_FILE, build_cache, is_pretokenized_preference
 from forge_trl.data.rows import read_rows
 from forge_trl.errors import ConfigError, DataError
 
@@ -170,7 +170,7 @@ def test_plain_text_rows_get_eos_like_trl(tmp_path, tokenizer):
 
 
 def test_max_rows_draws_the_same_rows_as_on_raw_data(tmp_path, tokenizer):
-    from forge_trl.data.preprocess import tokenize_sft_row
+    from forge_trl.data.token_cache import tokenize_sft_row
 
     rows = [{"prompt": f"Question {i} " + ("pad " * 60 if i == 3 else ""), "response": f"Answer {i}"}
             for i in range(12)]

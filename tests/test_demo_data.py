@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from forge_trl.data.demo import (
+from forge_trl.data.demo_suite import (
     DEMO_FILES,
     FILE_NAMES,
     build_items,
@@ -150,7 +150,7 @@ def test_ensure_demo_suite_caches(tmp_path, monkeypatch):
 
 
 def test_heldout_prompts_never_appear_in_pretrain_chat_transcripts(suite):
-    from forge_trl.data.demo import ASSISTANT_TOKEN, USER_TOKEN
+    from forge_trl.data.demo_suite import ASSISTANT_TOKEN, USER_TOKEN
 
     corpus = " ".join(row["text"] for row in read(suite["pretrain"]))
     assert corpus.count(USER_TOKEN) > 1000 and ASSISTANT_TOKEN in corpus

@@ -6,7 +6,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_pipeline_improves_each_stage(tmp_path):
-    from forge_trl.demo import main
+    from forge_trl.commands.demo import main
 
     summary = main(["--out", str(tmp_path / "demo")])
     by_stage = {row["stage"]: row for row in summary["stages"]}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import train_losses
-from forge_trl.cli import compose
+from forge_trl.commands.compose import compose
 from forge_trl.train import run
 
 LONG_PROMPT = "the sky is blue and the grass is green " * 12  # ~100 tokens, longer than data.max_length below

@@ -114,7 +114,7 @@ def test_base_ffn_trained_by_phases_survives_final_and_the_next_stage(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE
+    from forge_trl.injection.base import EXTRA_TRAINABLE_FILE
     from forge_trl.models.loading import load_for_inference
 
     final, watcher, _ = train_in_process(tmp_path / "a", *base_overrides("dense_lora", "sft"),

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from forge_trl.tasks.orpo import MAX_AVG_LOGP, ORPOTask, log1mexp, odds_ratio_terms
+from forge_trl.trainers.orpo import MAX_AVG_LOGP, ForgeORPOTrainer, log1mexp, odds_ratio_terms
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -82,8 +82,7 @@ def stub_trainer(beta: float = 0.1):
 
 
 def forge_orpo_trainer():
-    _, trainer_cls = ORPOTask().trl_classes()
-    return trainer_cls
+    return ForgeORPOTrainer
 
 
 @pytest.mark.parametrize("chosen, rejected", CERTAIN)
@@ -112,7 +111,7 @@ def test_forge_orpo_loss_equals_trls_where_trls_is_finite(chosen, rejected):
 
 def test_trl_orpo_gradient_is_nan_near_zero_so_forge_overrides_it():
     """Why forge overrides `odds_ratio_loss`. If this starts failing, TRL has fixed its log1mexp gradient and the
-    override in forge_trl/tasks/orpo.py can be dropped."""
+    override in forge_trl/trainers/orpo.py can be dropped."""
     from trl.experimental.orpo import ORPOTrainer
 
     c = torch.tensor([-1e-8], requires_grad=True)

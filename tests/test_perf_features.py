@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from forge_trl.tasks import packing, pair_split
+from forge_trl.trainers import packing, split_pairs
 from tests.injection_support import MODEL_FOR, train_in_process
 
 
@@ -73,13 +73,13 @@ def test_split_pairs_with_routed_experts_replays_the_router_and_keeps_the_balanc
 
 def test_split_forward_leaves_the_model_as_it_found_it():
     model = torch.nn.Linear(3, 1)
-    with pair_split.split_pair_forward(model):
+    with split_pairs.split_pair_forward(model):
         assert "forward" in vars(model)
     assert "forward" not in vars(model)
     patched = torch.nn.Linear(3, 1)
     own = patched.forward
     patched.forward = own  # an instance-level forward, as TRL's fused LM head installs
-    with pair_split.split_pair_forward(patched):
+    with split_pairs.split_pair_forward(patched):
         assert patched.forward is not own
     assert patched.forward is own
 

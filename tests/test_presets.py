@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from forge_trl.cli import compose
+from forge_trl.commands.compose import compose
 from forge_trl.config import ModelConfig, to_typed
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection
 from forge_trl.models.loading import load_injected, load_tokenizer, resolve_source

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from forge_trl.callbacks import read_metrics
+from forge_trl.trainers.callbacks import read_metrics
 from forge_trl.models.checkpoint import list_checkpoints, staging_dir
 
 WEIGHT_TOLERANCE = 1e-6  # max |difference| allowed between resumed and uninterrupted final weights (expected: 0)
@@ -53,7 +53,7 @@ if kill_at:
         return save_rng(self, output_dir)
     transformers.Trainer._save_rng_state = save_rng_then_die
 
-from forge_trl.cli import main
+from forge_trl.commands.train import main
 main(sys.argv[1:])
 '''
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from forge_trl.cli import compose
+from forge_trl.commands.compose import compose
 from forge_trl.config import ModelConfig
 from forge_trl.errors import ConfigError, ModelError
 from forge_trl.models.loading import load_base_model, load_tokenizer, resolve_source

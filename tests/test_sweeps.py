@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from forge_trl.sweep_report import report
+from forge_trl.commands.sweep_report import report
 
 from conftest import run_cli
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from forge_trl.bench.config import JudgeConfig
+from forge_trl.config.bench import JudgeConfig
 from forge_trl.errors import ForgeError
 
 log = logging.getLogger(__name__)

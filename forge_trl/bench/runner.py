@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import yaml
 
 from forge_trl.bench import metrics as M
-from forge_trl.bench.config import BenchConfig
+from forge_trl.config.bench import BenchConfig
 from forge_trl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _read(path: str, required: tuple[str, ...], limit: int | None) -> list[dict]
 
 def load_heldout(cfg: BenchConfig) -> HeldOut:
     """The held-out prompts and pairs: the configured files, or the demo suite's held-out split."""
-    from forge_trl.data.demo import check_answer, ensure_demo_suite
+    from forge_trl.data.demo_suite import check_answer, ensure_demo_suite
 
     demo = ensure_demo_suite() if cfg.prompts is None or cfg.pairs is None else {}
     prompts_path = cfg.prompts or str(demo["sft_heldout"])

@@ -7,10 +7,10 @@ import random
 from dataclasses import dataclass, field
 
 from forge_trl.config import DataConfig
-from forge_trl.data.demo import DEMO_FILES, ensure_demo_suite
+from forge_trl.data.demo_suite import DEMO_FILES, ensure_demo_suite
 from forge_trl.data.filters import filter_empty_labels, warn_identical_pairs
 from forge_trl.data.formats import to_trl_columns
-from forge_trl.data.preprocess import is_processed_cache, load_cache
+from forge_trl.data.token_cache import is_processed_cache, load_cache
 from forge_trl.data.rows import Row, read_rows
 from forge_trl.errors import ConfigError, DataError
 

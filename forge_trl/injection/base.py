@@ -26,6 +26,8 @@ HEAD_SEQ_CLS = "seq_cls"
 # Training-schedule keys: taken from the current config, never from a checkpoint (they describe how a stage
 # trains, not what the model is).
 SCHEDULE_KEYS = ("phases", "handoff", "aux_loss_coef")
+# Trained weights that a PEFT adapter checkpoint does not hold (the base FFN in `base_ffn` phases).
+EXTRA_TRAINABLE_FILE = "forge_trainable.safetensors"
 
 
 class Injection(ABC):
@@ -41,6 +43,12 @@ class Injection(ABC):
 
     def __init__(self, cfg: InjectionConfig):
         self.cfg = cfg
+
+    @property
+    def trains_base_weights(self) -> bool:
+        """True when a phase trains the frozen FFN weights (`base_ffn`): the checkpoint then carries them, and a
+        reference pass that disables the adapter no longer sees the input checkpoint."""
+        return any("base_ffn" in phase.trainable for phase in self.cfg.phases)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Injection":
@@ -84,3 +92,20 @@ class Injection(ABC):
         """Write a directory that `from_pretrained` loads without forge_trl; returns how (for forge_export.json)."""
         self.merged(model).save_pretrained(out_dir, safe_serialization=True)
         return "merged"
+
+
+def restore_named_parameters(model, path: Path) -> None:
+    """Copy the tensors of a safetensors file into `model`'s parameters of the same names (in place)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from forge_trl.errors import ModelError
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(str(path)).items():
+            if name not in params or params[name].shape != value.shape:
+                raise ModelError(f"{path}: '{name}' does not fit the model; was it trained with another base model "
+                                 "or other injection settings?")
+            params[name].copy_(value)
+

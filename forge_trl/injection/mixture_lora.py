@@ -160,7 +160,7 @@ class MixtureLoraInjection(PeftInjection):
         attach_recorder(model, MixtureLoraLinear, self.cfg.aux_loss_coef)
 
     def export(self, model, out_dir) -> str:
-        from forge_trl.export.mixture_bundle import write_mixture_bundle
+        from forge_trl.injection.mixture_bundle import write_mixture_bundle
 
         write_mixture_bundle(model, MixtureLoraLinear, out_dir)
         return "base model + mixture_lora adapter + load_mixture_lora.py"

@@ -242,7 +242,7 @@ class MoeExpertLoraInjection(PeftInjection):
         attach_recorder(model, MoeExpertLoraLayer, self.cfg.aux_loss_coef)
 
     def export(self, model, out_dir) -> str:
-        from forge_trl.export.moe_native import native_moe_model
+        from forge_trl.injection.moe_native import native_moe_model
 
         native = native_moe_model(model, MoeExpertLoraLayer, self.cfg)
         native.save_pretrained(out_dir, safe_serialization=True)

@@ -119,7 +119,7 @@ class PeftInjection(Injection):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if is_quantized(model):
-            if any("base_ffn" in phase.trainable for phase in self.cfg.phases):
+            if self.trains_base_weights:
                 raise ConfigError("injection.phases: base_ffn cannot train on a quantized base model")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, self.lora_config(model, head))
@@ -168,16 +168,16 @@ class PeftInjection(Injection):
         """The FFN base weights, when this run trained them (or inherited trained ones from its checkpoint)."""
         from safetensors.torch import save_file
 
-        from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE
+        from forge_trl.injection.base import EXTRA_TRAINABLE_FILE
 
-        if not (self.carries_base_ffn or any("base_ffn" in phase.trainable for phase in self.cfg.phases)):
+        if not (self.carries_base_ffn or self.trains_base_weights):
             return
         params = dict(model.named_parameters())
         names = self.parameter_groups(model).get("base_ffn", [])
         save_file({n: params[n].detach().contiguous().cpu() for n in names}, str(out_dir / EXTRA_TRAINABLE_FILE))
 
     def _load_base_ffn(self, model, ckpt_dir: Path) -> None:
-        from forge_trl.models.checkpoint import EXTRA_TRAINABLE_FILE, restore_named_parameters
+        from forge_trl.injection.base import EXTRA_TRAINABLE_FILE, restore_named_parameters
 
         path = Path(ckpt_dir) / EXTRA_TRAINABLE_FILE
         if not path.is_file():

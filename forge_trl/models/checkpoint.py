@@ -86,8 +86,6 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # The file each kind of checkpoint writes last: its presence means the checkpoint is complete even where it was
 # written in place (by an older forge_trl, or by plain transformers). HF Trainer's state, and forge's PPO state.
 COMPLETE_MARKERS = ("trainer_state.json", "ppo_state.json")
-# Trained weights that a PEFT adapter checkpoint does not hold (the base FFN in `base_ffn` phases).
-EXTRA_TRAINABLE_FILE = "forge_trainable.safetensors"
 STAGING_SUFFIX = ".partial"
 
 
@@ -125,20 +123,3 @@ def discard_partial_checkpoints(output_dir: Path) -> list[Path]:
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
     return sorted(leftovers)
-
-
-def restore_named_parameters(model, path: Path) -> None:
-    """Copy the tensors of a safetensors file into `model`'s parameters of the same names (in place)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from forge_trl.errors import ModelError
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in load_file(str(path)).items():
-            if name not in params or params[name].shape != value.shape:
-                raise ModelError(f"{path}: '{name}' does not fit the model; was it trained with another base model "
-                                 "or other injection settings?")
-            params[name].copy_(value)
-

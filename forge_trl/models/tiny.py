@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from forge_trl.data.demo import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ensure_demo_suite
+from forge_trl.data.demo_suite import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ensure_demo_suite
 
 TINY_NAMES = ("forge-tiny", "forge-tiny-moe")
 BUILD_VERSION = "1"

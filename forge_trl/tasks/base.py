@@ -1,30 +1,39 @@
-"""The task contract: resolved config + model + tokenizer + datasets -> a TRL trainer.
+"""The task contract: resolved config + model + tokenizer + datasets -> a forge trainer.
 
-A task names its schema (hyperparameters, a `TaskConfig` subclass), the model head it trains, the data
-layouts it accepts (the first is its default) and how its fields map onto its TRL config class. TRL is imported
-only inside `build_trainer`, so composing and validating a config stays fast.
+A task names its schema (hyperparameters, a `TaskConfig` subclass, the only place their defaults live), the model
+head it trains, the data layouts it accepts (the first is its default), its trainer class (from
+`forge_trl.trainers`) and how its fields map onto the trainer's TRL config class. TRL is imported only inside
+`trl_classes`, so composing and validating a config stays fast.
+
+Reference handling lives here, for every task whose schema is a `ReferenceTaskConfig` (DPO, KTO, any later loss
+with a reference model): the reference is the input checkpoint (TRL's frozen `ref` adapter, or the adapters
+disabled), and when the run trains weights that reference pass shares (`base_ffn` phases) its log-probs are
+computed once before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from forge_trl.config import ForgeConfig, TaskConfig
+from forge_trl.config import ForgeConfig, ReferenceTaskConfig, TaskConfig
 from forge_trl.errors import ConfigError
-from forge_trl.injection.base import HEAD_CAUSAL_LM
+from forge_trl.injection.base import HEAD_CAUSAL_LM, Injection
 from forge_trl.injection.routing import RoutingRecorder
-from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, EXTRA_TRAINABLE_FILE, restore_named_parameters, staging_dir
 
-ROUTING_FILE = "routing.jsonl"
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+    from forge_trl.models.loading import ModelSource
+
+log = logging.getLogger("forge_trl")
 
 
 @dataclass
@@ -32,167 +41,18 @@ class TaskContext:
     """Everything a task needs to build its trainer."""
 
     cfg: ForgeConfig
-    model: Any
-    tokenizer: Any
-    train_dataset: Any
-    eval_dataset: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    train_dataset: Dataset
+    eval_dataset: Dataset | None
     output_dir: Path
     precision: str  # bf16 | fp16 | fp32, already resolved for this machine
-    callbacks: list
+    callbacks: list[TrainerCallback]
+    # Where the model came from and how it was injected (PPO builds its extra adapters from them).
+    source: ModelSource
+    injection: Injection
     # The routed injection's recorder: its balancing loss is added to every task's loss (None: no routing).
     routing: RoutingRecorder | None = None
-    # True when this run trains weights that the adapter-disabled reference pass also uses (base_ffn phases):
-    # reference log-probs must then be computed before training starts.
-    reference_drifts: bool = False
-    # Where the model came from and how it was injected (PPO builds its extra adapters from them).
-    source: Any = None
-    injection: Any = None
-
-
-class ForgeTrainerMixin:
-    """Mixed into every TRL trainer forge builds: adds the routed injections' balancing loss to the task loss
-    and their routing metrics to the training logs, whatever the trainer's own MoE support; and makes its
-    intermediate checkpoints atomic and complete (see `_save_checkpoint`)."""
-
-    forge_routing: RoutingRecorder | None = None
-    _forge_staging: Path | None = None  # set only while a checkpoint is being staged
-
-    def _prepare_dataset(self, dataset, *args, **kwargs):
-        # A `forge_trl.preprocess` preference cache is already tokenized exactly as DPOTrainer would do it.
-        from forge_trl.data.preprocess import is_pretokenized_preference
-
-        if is_pretokenized_preference(dataset):
-            return dataset
-        return super()._prepare_dataset(dataset, *args, **kwargs)
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        recorder = self.forge_routing
-        if recorder is None or not model.training:
-            return super().compute_loss(model, inputs, *args, **kwargs)
-        with recorder.collect():
-            out = super().compute_loss(model, inputs, *args, **kwargs)
-        aux = recorder.pop_loss()
-        if aux is None:
-            return out
-        self._forge_aux_values = getattr(self, "_forge_aux_values", [])
-        self._forge_aux_values.append(aux.detach())  # averaged when logged: no device sync per step
-        if recorder.coef == 0:
-            return out
-        weighted = recorder.coef * aux
-        # Trainer divides the loss by the accumulation steps unless the loss was already normalised over the
-        # whole accumulated batch (num_items_in_batch); the per-micro-batch aux loss then needs the division here.
-        num_items = kwargs.get("num_items_in_batch")
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled is None:
-            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items is not None) or (
-                getattr(self, "compute_loss_func", None) is not None
-            )
-        if scaled:
-            weighted = weighted / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
-        if isinstance(out, tuple):
-            return (out[0] + weighted, *out[1:])
-        return out + weighted
-
-    def log(self, logs, *args, **kwargs):
-        if self.forge_routing is not None and "loss" in logs:
-            values = getattr(self, "_forge_aux_values", [])
-            if values:
-                logs["moe/aux_loss"] = float(torch.stack(values).float().mean())
-                values.clear()
-            shares = self.forge_routing.expert_shares()
-            logs.update(self.forge_routing.pop_metrics())
-            if shares and self.is_world_process_zero():
-                # Per-layer, per-expert token shares are too many for the log line; they go to routing.jsonl.
-                record = {"step": self.state.global_step, "expert_share": shares}
-                with (Path(self.args.output_dir) / ROUTING_FILE).open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-        return super().log(logs, *args, **kwargs)
-
-    # ---------------------------------------------------------------------------------------- checkpoints
-    def _get_output_dir(self, trial):
-        if self._forge_staging is not None:
-            return str(self._forge_staging)
-        return super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial):
-        """Write `checkpoint-N` as transformers does, but into a hidden staging directory, and rename it into
-        place only once every file is there.
-
-        transformers 5.23 writes straight into `checkpoint-N` (weights, then optimizer, RNG, trainer_state.json),
-        so a process killed mid-save leaves a directory that looks like the newest checkpoint but lacks some of
-        its state. Staged, a killed save leaves only the staging directory, which `resume=true` never considers
-        and the next run discards. Rotation runs after the rename, so the previous checkpoint is deleted only
-        once its successor is complete."""
-        from transformers.trainer_utils import rotate_checkpoints
-
-        run_dir = Path(super()._get_output_dir(trial))
-        staging = staging_dir(run_dir)
-        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self._forge_staging = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._forge_staging = None
-        staged, target = staging / name, run_dir / name
-        if self.args.should_save:
-            self._forge_save_extra_trainable(staged)
-            self._forge_point_best_checkpoint_at(run_dir, staged)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if target.exists():  # the same step saved again: swap, so a checkpoint-N exists at every moment
-                old = run_dir / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(staged, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staged, target)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()
-
-    def _forge_point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
-        """transformers looked for the best checkpoint in the staging directory; record its final place."""
-        best_step = self.state.best_global_step
-        if not best_step:
-            return
-        best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
-        if best_step == self.state.global_step or best.is_dir():
-            self.state.best_model_checkpoint = str(best)
-            self.state.save_to_json(str(staged / "trainer_state.json"))
-
-    def _forge_extra_trainable(self, model) -> dict[str, torch.nn.Parameter]:
-        """Parameters the optimizer updates that a PEFT adapter checkpoint leaves out: base weights trained by
-        `base_ffn` phases. Without them a resumed run would restart those weights from the base model. (Anything
-        not named `lora_` is taken, so a `modules_to_save` head is stored twice; it is small.)"""
-        from peft import PeftModel
-
-        if not isinstance(model, PeftModel) or self.optimizer is None:
-            return {}
-        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        return {name: p for name, p in model.named_parameters() if id(p) in optimized and "lora_" not in name}
-
-    def _forge_save_extra_trainable(self, checkpoint: Path) -> None:
-        from safetensors.torch import save_file
-
-        extra = self._forge_extra_trainable(self.accelerator.unwrap_model(self.model))
-        if extra:
-            tensors = {n: p.detach().contiguous().cpu() for n, p in extra.items()}
-            save_file(tensors, str(checkpoint / EXTRA_TRAINABLE_FILE))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = Path(resume_from_checkpoint) / EXTRA_TRAINABLE_FILE
-        if path.is_file():
-            restore_named_parameters(model if model is not None else self.model, path)
-
-
-def forge_trainer_class(trainer_cls: type) -> type:
-    return type(f"Forge{trainer_cls.__name__}", (ForgeTrainerMixin, trainer_cls), {})
 
 
 class Task(ABC):
@@ -203,32 +63,44 @@ class Task(ABC):
 
     @abstractmethod
     def trl_classes(self) -> tuple[type, type]:
-        """(TRL config class, TRL trainer class); TRL is imported here, not at module import."""
+        """(TRL config class, forge trainer class from `forge_trl.trainers`), imported here, not at module import."""
 
     def build_trainer(self, ctx: TaskContext):
-        """Return a ready-to-train TRL trainer (a transformers.Trainer subclass)."""
+        """Return a ready-to-train forge trainer (a transformers.Trainer subclass). Every task, PPO included, is
+        built here; a task adds its own inputs through `trainer_kwargs`."""
         config_cls, trainer_cls = self.trl_classes()
-        trainer = forge_trainer_class(trainer_cls)(
-            model=ctx.model,
+        return trainer_cls(
             args=self.trl_config(config_cls, ctx),
-            train_dataset=ctx.train_dataset,
-            eval_dataset=ctx.eval_dataset,
             processing_class=ctx.tokenizer,
             callbacks=ctx.callbacks,
+            routing=ctx.routing,
+            max_nonfinite_steps=ctx.cfg.max_nonfinite_steps,
             **self.trainer_kwargs(ctx),
         )
-        trainer.forge_routing = ctx.routing
-        if ctx.routing is not None:
-            (ctx.output_dir / ROUTING_FILE).write_text("", encoding="utf-8")  # a rerun starts a fresh file
-        return trainer
 
-    def task_args(self, ctx: TaskContext) -> dict:
+    def trainer_kwargs(self, ctx: TaskContext) -> dict[str, Any]:
+        """The trainer's model and data, plus anything task-specific (reward functions, split_pairs, ...)."""
+        return dict(model=ctx.model, train_dataset=ctx.train_dataset, eval_dataset=ctx.eval_dataset)
+
+    def task_args(self, ctx: TaskContext) -> dict[str, Any]:
         """Keyword arguments for the TRL config beyond the shared TrainingArguments."""
         return {}
 
-    def trainer_kwargs(self, ctx: TaskContext) -> dict:
-        """Extra keyword arguments for the TRL trainer itself (reward functions, ...)."""
-        return {}
+    def reference_args(self, ctx: TaskContext) -> dict[str, Any]:
+        """TRL config keys of the reference pass, for tasks whose schema is a `ReferenceTaskConfig`.
+
+        The reference is the input checkpoint: TRL gives a PeftModel carrying a trained adapter a frozen `ref` copy,
+        and disables a fresh adapter, which leaves exactly the base model. Phases that train base weights
+        (`Injection.trains_base_weights`) change what that pass computes as training goes on, so its log-probs are
+        then taken once, before the first step."""
+        t = ctx.cfg.task
+        if not isinstance(t, ReferenceTaskConfig):
+            return {}
+        precompute = t.precompute_ref_log_probs
+        if ctx.injection.trains_base_weights and not precompute:
+            log.info("phases train base weights, which the reference pass shares: precomputing reference log-probs")
+            precompute = True
+        return dict(precompute_ref_log_probs=precompute)
 
     def trl_config(self, config_cls, ctx: TaskContext):
         """Build `config_cls` from the shared keys, this task's own keys and `task.trl_args`."""
@@ -261,6 +133,7 @@ class Task(ABC):
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
+        args.update(self.reference_args(ctx))
         args.update(self.task_args(ctx))
         known = {f.name for f in dataclasses.fields(config_cls)}
         if ctx.routing is not None and "router_aux_loss_coef" in known:

@@ -1,35 +1,30 @@
-"""`task=dpo`: direct preference optimisation (TRL's DPOTrainer).
+"""`task=dpo`: direct preference optimisation (TRL's DPOTrainer, as `ForgeDPOTrainer`).
 
-The reference is the input checkpoint: a PeftModel carrying a trained adapter gets TRL's frozen `ref` copy of
-it, and a fresh adapter is disabled, which leaves exactly the base model.
+The reference is the input checkpoint (handled by the base task for every `ReferenceTaskConfig`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-from forge_trl.config import TaskConfig, require
+from forge_trl.config import ReferenceTaskConfig, require
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
-from forge_trl.tasks.pair_split import SplitPairsTask, with_split_pairs
-
-log = logging.getLogger("forge_trl")
 
 
 @dataclass
-class DPOTaskConfig(TaskConfig):
+class DPOTaskConfig(ReferenceTaskConfig):
     name: str = "dpo"
     learning_rate: float = 5e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
     # KL strength: higher keeps the policy closer to the reference.
     beta: float = 0.1
     # TRL loss name: sigmoid (DPO), ipo, hinge, robust, ...
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
-    # Compute reference log-probs once before training instead of at every step.
-    precompute_ref_log_probs: bool = False
     # Send chosen and rejected through the policy one after the other, the first half recomputed in backward:
-    # peak activation memory of B sequences instead of 2·B, for one extra forward over B (tasks/pair_split.py).
+    # peak activation memory of B sequences instead of 2·B, for one extra forward over B (trainers/split_pairs.py).
     split_pairs: bool = False
 
     def __post_init__(self):
@@ -39,26 +34,20 @@ class DPOTaskConfig(TaskConfig):
 
 
 @TASKS.register("dpo")
-class DPOTask(SplitPairsTask, Task):
+class DPOTask(Task):
     name = "dpo"
     schema = DPOTaskConfig
     data_layouts = ("prompted_preference", "preference")
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        precompute = t.precompute_ref_log_probs
-        if ctx.reference_drifts and not precompute:
-            log.info("phases train base weights, which the reference pass shares: precomputing reference log-probs")
-            precompute = True
-        return dict(
-            beta=t.beta,
-            loss_type=[t.loss_type],
-            label_smoothing=t.label_smoothing,
-            precompute_ref_log_probs=precompute,
-            max_length=ctx.cfg.data.max_length,
-        )
+        return dict(beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing,
+                    max_length=ctx.cfg.data.max_length)
+
+    def trainer_kwargs(self, ctx: TaskContext) -> dict:
+        return {**super().trainer_kwargs(ctx), "split_pairs": ctx.cfg.task.split_pairs}
 
     def trl_classes(self):
-        from trl import DPOConfig, DPOTrainer
+        from forge_trl.trainers.dpo import DPOConfig, ForgeDPOTrainer
 
-        return DPOConfig, with_split_pairs(DPOTrainer)
+        return DPOConfig, ForgeDPOTrainer

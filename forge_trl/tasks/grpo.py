@@ -1,4 +1,5 @@
-"""`task=grpo`: group-relative policy optimisation (TRL's GRPOTrainer) with a forge reward model.
+"""`task=grpo`: group-relative policy optimisation (TRL's GRPOTrainer, as `ForgeGRPOTrainer`) with a forge
+reward model.
 
 Each prompt gets `num_generations` sampled completions; a completion's advantage is its RM score relative to
 its group's. `task.reward_model.checkpoint_path` names the RM (a `task=rm` checkpoint).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forge_trl.rl.online import OnlineRLTask, OnlineRLTaskConfig
+from forge_trl.tasks.online import OnlineRLTask, OnlineRLTaskConfig
 from forge_trl.tasks import TASKS
 
 
@@ -23,6 +24,6 @@ class GRPOTask(OnlineRLTask):
     schema = GRPOTaskConfig
 
     def trl_classes(self):
-        from trl import GRPOConfig, GRPOTrainer
+        from forge_trl.trainers.grpo import ForgeGRPOTrainer, GRPOConfig
 
-        return GRPOConfig, GRPOTrainer
+        return GRPOConfig, ForgeGRPOTrainer

@@ -1,24 +1,26 @@
-"""`task=kto`: Kahneman-Tversky optimisation (TRL's KTOTrainer).
+"""`task=kto`: Kahneman-Tversky optimisation (TRL's KTOTrainer, as `ForgeKTOTrainer`).
 
 KTO learns from single completions labelled desirable or undesirable, against the input checkpoint as
-reference (the same PEFT mechanism as DPO). Paired preference rows work too: TRL splits each pair into a
+reference (handled by the base task, as for DPO). Paired preference rows work too: TRL splits each pair into a
 desirable (chosen) and an undesirable (rejected) example. Unpaired rows are `{prompt, completion, label}`
-with `data.task=unpaired_preference`.
+with `data.layout=unpaired_preference`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forge_trl.config import TaskConfig, require
+from forge_trl.config import ReferenceTaskConfig, require
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
 
 
 @dataclass
-class KTOTaskConfig(TaskConfig):
+class KTOTaskConfig(ReferenceTaskConfig):
     name: str = "kto"
     learning_rate: float = 5e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
     # KL strength against the reference, as in DPO.
     beta: float = 0.1
     # Loss weights of desirable and undesirable examples; raise one to balance an uneven dataset.
@@ -43,14 +45,10 @@ class KTOTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        return dict(
-            beta=t.beta,
-            desirable_weight=t.desirable_weight,
-            undesirable_weight=t.undesirable_weight,
-            max_length=ctx.cfg.data.max_length,
-        )
+        return dict(beta=t.beta, desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight,
+                    max_length=ctx.cfg.data.max_length)
 
     def trl_classes(self):
-        from trl import KTOConfig, KTOTrainer
+        from forge_trl.trainers.kto import ForgeKTOTrainer, KTOConfig
 
-        return KTOConfig, KTOTrainer
+        return KTOConfig, ForgeKTOTrainer

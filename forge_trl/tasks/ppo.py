@@ -10,44 +10,22 @@ base model (see forge_trl/rl/ppo_models.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from forge_trl.config import TaskConfig, require
+from forge_trl.rl.ppo_settings import PPO_KEYS, PPOSettings
 from forge_trl.rl.reward import RewardModelConfig
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
 
-PPO_KEYS = ("response_length", "temperature", "missing_eos_penalty", "kl_coef", "adaptive_kl", "target_kl",
-            "gamma", "lam", "whiten_advantages", "num_ppo_epochs", "num_mini_batches", "cliprange",
-            "cliprange_value", "vf_coef", "rollout_batch_size")
-
-
 @dataclass
-class PPOTaskConfig(TaskConfig):
+class PPOTaskConfig(PPOSettings, TaskConfig):
+    """TaskConfig plus PPO's own fields (forge_trl/rl/ppo_settings.py, documented there)."""
+
     name: str = "ppo"
     learning_rate: float = 1e-5
+    per_device_train_batch_size: int = 8
+    logging_steps: int = 1
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    # Tokens sampled per response, and the sampling temperature.
-    response_length: int = 32
-    temperature: float = 1.0
-    # Subtracted from the score of a response that never emits EOS (null: no penalty).
-    missing_eos_penalty: Optional[float] = None
-    # Per-token KL penalty against the reference; adaptive_kl steers it towards target_kl.
-    kl_coef: float = 0.1
-    adaptive_kl: bool = False
-    target_kl: float = 6.0
-    # GAE discount and lambda; advantage whitening.
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    # Passes over each rollout batch, minibatches per pass, clip ranges, value-loss weight.
-    num_ppo_epochs: int = 4
-    num_mini_batches: int = 1
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    # Sequences per scoring forward pass during rollouts (null: the whole batch).
-    rollout_batch_size: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,25 +67,16 @@ class PPOTask(Task):
         t = ctx.cfg.task
         return {key: getattr(t, key) for key in PPO_KEYS}
 
-    def trl_classes(self):
-        from forge_trl.rl.ppo_config import PPOConfig
-        from forge_trl.rl.ppo_trainer import PPOTrainer
-
-        return PPOConfig, PPOTrainer
-
-    def build_trainer(self, ctx: TaskContext):
+    def trainer_kwargs(self, ctx: TaskContext) -> dict:
         from forge_trl.rl.ppo_models import build_ppo_models
-        from forge_trl.tasks.base import forge_trainer_class
 
-        config_cls, trainer_cls = self.trl_classes()
         models = build_ppo_models(
             ctx.model, ctx.source, ctx.injection, ctx.cfg.task.reward_model.checkpoint_path, ctx.cfg.model,
             ctx.precision, ctx.tokenizer,
         )
-        trainer = forge_trainer_class(trainer_cls)(
-            models=models, args=self.trl_config(config_cls, ctx),
-            train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer), processing_class=ctx.tokenizer,
-            callbacks=ctx.callbacks,
-        )
-        trainer.forge_routing = ctx.routing
-        return trainer
+        return dict(models=models, train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer))
+
+    def trl_classes(self):
+        from forge_trl.trainers.ppo import PPOConfig, PPOTrainer
+
+        return PPOConfig, PPOTrainer

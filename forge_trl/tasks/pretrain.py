@@ -1,4 +1,4 @@
-"""`task=pretrain`: causal language modelling on raw text, every weight trained (TRL's SFTTrainer on `text`)."""
+"""`task=pretrain`: causal language modelling on raw text, every weight trained (`ForgeSFTTrainer` on `text`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from forge_trl.tasks.sft import SFTTask
 class PretrainTaskConfig(TaskConfig):
     name: str = "pretrain"
     learning_rate: float = 1e-3
+    per_device_train_batch_size: int = 16
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.05
     full_parameter: bool = True
     # Concatenate short documents into full-length rows (TRL's best-fit-decreasing packing).
     packing: bool = False
@@ -26,9 +29,5 @@ class PretrainTask(SFTTask):
     data_layouts = ("text",)
 
     def task_args(self, ctx: TaskContext) -> dict:
-        return dict(
-            max_length=ctx.cfg.data.max_length,
-            packing=ctx.cfg.task.packing,
-            dataset_text_field="text",
-            completion_only_loss=False,
-        )
+        return dict(max_length=ctx.cfg.data.max_length, packing=ctx.cfg.task.packing, dataset_text_field="text",
+                    completion_only_loss=False)

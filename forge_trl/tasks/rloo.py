@@ -1,4 +1,5 @@
-"""`task=rloo`: REINFORCE leave-one-out (TRL's RLOOTrainer) with a forge reward model.
+"""`task=rloo`: REINFORCE leave-one-out (TRL's RLOOTrainer, as `ForgeRLOOTrainer`) with a forge reward
+model.
 
 Each of a prompt's `num_generations` completions uses the mean RM score of the others as its baseline, and a
 KL penalty (`beta`, 0.05 by default as in TRL) keeps the policy near the input checkpoint.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forge_trl.rl.online import OnlineRLTask, OnlineRLTaskConfig
+from forge_trl.tasks.online import OnlineRLTask, OnlineRLTaskConfig
 from forge_trl.tasks import TASKS
 
 
@@ -24,6 +25,6 @@ class RLOOTask(OnlineRLTask):
     schema = RLOOTaskConfig
 
     def trl_classes(self):
-        from trl import RLOOConfig, RLOOTrainer
+        from forge_trl.trainers.rloo import ForgeRLOOTrainer, RLOOConfig
 
-        return RLOOConfig, RLOOTrainer
+        return RLOOConfig, ForgeRLOOTrainer

@@ -1,5 +1,6 @@
 """`task=rm`: a reward model, i.e. a 1-label sequence-classification head trained on preference pairs
-(TRL's RewardTrainer, Bradley-Terry loss). Chained from SFT it starts from the SFT weights plus a new head."""
+(TRL's RewardTrainer, Bradley-Terry loss, as `ForgeRewardTrainer`). Chained from SFT it starts from the SFT
+weights plus a new head."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from forge_trl.tasks.base import Task, TaskContext
 class RMTaskConfig(TaskConfig):
     name: str = "rm"
     learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
+    warmup_steps: float = 0.05
     # Pulls mean reward towards zero (Eisenstein et al., 2023); null disables it.
     center_rewards_coefficient: Optional[float] = None
 
@@ -29,12 +30,10 @@ class RMTask(Task):
     data_layouts = ("prompted_preference", "preference")
 
     def task_args(self, ctx: TaskContext) -> dict:
-        return dict(
-            max_length=ctx.cfg.data.max_length,
-            center_rewards_coefficient=ctx.cfg.task.center_rewards_coefficient,
-        )
+        return dict(max_length=ctx.cfg.data.max_length,
+                    center_rewards_coefficient=ctx.cfg.task.center_rewards_coefficient)
 
     def trl_classes(self):
-        from trl import RewardConfig, RewardTrainer
+        from forge_trl.trainers.reward import ForgeRewardTrainer, RewardConfig
 
-        return RewardConfig, RewardTrainer
+        return RewardConfig, ForgeRewardTrainer

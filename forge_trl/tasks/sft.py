@@ -1,4 +1,4 @@
-"""`task=sft`: supervised fine-tuning with the loss on responses only (TRL's SFTTrainer).
+"""`task=sft`: supervised fine-tuning with the loss on responses only (TRL's SFTTrainer, as `ForgeSFTTrainer`).
 
 Prompt/response rows arrive as TRL prompt-completion columns, so `completion_only_loss` masks the prompt.
 """
@@ -10,17 +10,20 @@ from dataclasses import dataclass
 from forge_trl.config import TaskConfig
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
-from forge_trl.tasks.packing import use_packed_rows, with_packed_rows
 
 
 @dataclass
 class SFTTaskConfig(TaskConfig):
     name: str = "sft"
+    num_train_epochs: float = 3.0
     learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 8
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.03
     # Loss on response tokens only; false trains on the prompt too.
     completion_only_loss: bool = True
     # Concatenate rows into full-length sequences (TRL's best-fit-decreasing packing). Attention never crosses a
-    # row boundary; without flash attention the packed rows stay two-dimensional (tasks/packing.py).
+    # row boundary; without flash attention the packed rows stay two-dimensional (trainers/packing.py).
     packing: bool = False
 
 
@@ -32,19 +35,12 @@ class SFTTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        return dict(
-            max_length=ctx.cfg.data.max_length,
-            completion_only_loss=t.completion_only_loss,
-            packing=t.packing,
-        )
+        return dict(max_length=ctx.cfg.data.max_length, completion_only_loss=t.completion_only_loss, packing=t.packing)
 
-    def build_trainer(self, ctx: TaskContext):
-        trainer = super().build_trainer(ctx)
-        if ctx.cfg.task.packing:
-            use_packed_rows(trainer, ctx.tokenizer)
-        return trainer
+    def trainer_kwargs(self, ctx: TaskContext) -> dict:
+        return {**super().trainer_kwargs(ctx), "packed_rows": ctx.cfg.task.packing}
 
     def trl_classes(self):
-        from trl import SFTConfig, SFTTrainer
+        from forge_trl.trainers.sft import ForgeSFTTrainer, SFTConfig
 
-        return SFTConfig, with_packed_rows(SFTTrainer)
+        return SFTConfig, ForgeSFTTrainer

@@ -1,5 +1,5 @@
 """`task=simpo`: SimPO, a reference-free preference loss on length-normalised log-probs
-(TRL's experimental CPOTrainer with `loss_type="simpo"`).
+(TRL's experimental CPOTrainer with `loss_type="simpo"`, as `ForgeCPOTrainer`).
 
     loss = -log sigmoid(beta * (avg logp(chosen) - avg logp(rejected)) - simpo_gamma)
 
@@ -9,7 +9,6 @@ SimPO).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from forge_trl.config import TaskConfig, require
@@ -21,6 +20,8 @@ from forge_trl.tasks.base import Task, TaskContext
 class SimPOTaskConfig(TaskConfig):
     name: str = "simpo"
     learning_rate: float = 1e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
     # Scale of the length-normalised reward difference (the SimPO paper uses 2.0-2.5).
     beta: float = 2.0
     # Target reward margin.
@@ -47,7 +48,6 @@ class SimPOTask(Task):
                     max_length=ctx.cfg.data.max_length)
 
     def trl_classes(self):
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        from forge_trl.trainers.cpo import CPOConfig, ForgeCPOTrainer
 
-        return CPOConfig, CPOTrainer
+        return CPOConfig, ForgeCPOTrainer

@@ -1,4 +1,4 @@
-"""`python -m forge_trl`: a Hydra app over conf/ with the groups model, injection, task and data.
+"""`forge-trl train` / `python -m forge_trl`: a Hydra app over conf/ with the groups model, injection, task and data.
 
 Composition errors (a misspelt key, a wrong type, an unknown task) are reported on one line with exit code 2
 before Hydra starts the run, and so are ForgeErrors raised during the run; tracebacks are left for bugs.
@@ -11,60 +11,13 @@ import os
 import sys
 from pathlib import Path
 
+from forge_trl.commands.console import quiet_third_party_logs
 from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
-
-CONF_DIR = Path(os.environ.get("FORGE_TRL_CONF", Path(__file__).resolve().parent.parent / "conf"))
-GROUPS = ("model", "injection", "task", "data")
-
-
-def compose(overrides: list[str] | None = None):
-    """Compose the config as the CLI would (for the demo, tests and scripts); errors become ConfigError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from forge_trl.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=list(overrides or []))
-    except Exception as exc:  # Hydra and OmegaConf raise many types; all of them mean "bad config" here
-        raise ConfigError(describe_compose_error(exc)) from None
-
-
-def describe_compose_error(exc: BaseException) -> str:
-    from forge_trl.config import SCHEMA_SUFFIX, describe_omegaconf_error
-
-    text = str(exc)
-    for group in GROUPS:
-        marker = f"Could not find '{group}/"
-        if marker in text:
-            name = text.split(marker, 1)[1].split("'", 1)[0]
-            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-            return f"unknown {group} '{name}'; available: {', '.join(options)}"
-    if "Could not override" in text or "Error merging" in text or exc.__cause__ is not None:
-        return describe_omegaconf_error(exc).replace(SCHEMA_SUFFIX, "")
-    return " ".join(text.split())
 
 
 def _is_single_run(argv: list[str]) -> bool:
     return not any(a in ("-m", "--multirun") or a.startswith(("--cfg", "--help", "-h", "--info", "--hydra-help",
                                                                 "--shell-completion", "-c")) for a in argv)
-
-
-def precheck(argv: list[str]) -> None:
-    """Compose once with the run's overrides and validate the schema ranges, before Hydra takes over."""
-    from forge_trl.config import to_typed
-
-    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "-"))]
-    to_typed(compose(overrides))
-
-
-def quiet_third_party_logs() -> None:
-    """bitsandbytes warns at import on CPU-only machines about an optional kernel package; it is harmless."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 # Failed jobs of this process's sweep: (job directory, one-line error). One failure never stops the others.
@@ -121,7 +74,7 @@ def _record_failure(job_dir: str, exc: Exception) -> float:
 def main(argv: list[str] | None = None) -> None:
     import hydra
 
-    from forge_trl.config import register_configs
+    from forge_trl.commands.compose import CONF_DIR, precheck, register_configs
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # Hydra would instantiate any class a `..._target_=` override names (e.g. +hydra.callbacks.x._target_=...);

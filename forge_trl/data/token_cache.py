@@ -10,8 +10,8 @@ TRL's trainer would build itself, made the same way, so a run on the cache train
 | dpo     | dpo           | prompt_ids, chosen_ids, rejected_ids                   | truncation in the collator  |
 
 SFTTrainer skips its own tokenization when it sees `input_ids`. DPOTrainer has no such switch in TRL 1.16: forge's
-trainer mixin (forge_trl/tasks/base.py) has to return rows that `is_pretokenized_preference` accepts from
-`_prepare_dataset` unchanged, and a DPO cache is refused until it does. Sequences are stored untruncated, so packing
+DPO trainer (`PretokenizedPreferenceMixin` in forge_trl/trainers/mixins.py) returns rows that
+`is_pretokenized_preference` accepts from `_prepare_dataset` unchanged. Sequences are stored untruncated, so packing
 and the truncation mode still behave as on raw rows.
 
 The cache is keyed by what decides the token ids and the rows kept: the tokenizer (a hash of its serialized
@@ -336,8 +336,6 @@ def load_cache(path: str, layout: str, data, tokenizer, *, apply_max_rows: bool,
             "this run's model, data.max_length and data.chat_template",
             path=str(path),
         )
-    if trainer == "dpo":
-        _require_dpo_skip_hook(path)
     dataset = load_from_disk(str(Path(path).expanduser()))
     rows_read = meta["source"]["rows_read"]
     if apply_max_rows and data.max_rows is not None and rows_read > data.max_rows:
@@ -346,13 +344,3 @@ def load_cache(path: str, layout: str, data, tokenizer, *, apply_max_rows: bool,
         index_of = {position: i for i, position in enumerate(dataset[SOURCE_ROW_COLUMN])}
         dataset = dataset.select([index_of[p] for p in drawn if p in index_of])
     return dataset.remove_columns(SOURCE_ROW_COLUMN), rows_read, meta["source"]["filtered_empty"]
-
-
-def _require_dpo_skip_hook(path) -> None:
-    """Without the mixin's `_prepare_dataset` override, DPOTrainer would look for text columns in the cache and fail
-    deep inside TRL; say so up front instead."""
-    from forge_trl.tasks.base import ForgeTrainerMixin
-
-    if "_prepare_dataset" not in ForgeTrainerMixin.__dict__:
-        raise ConfigError(f"data.path={path}: this forge_trl cannot train DPO from a tokenized cache yet "
-                          "(its trainer mixin does not skip TRL's tokenization); use the raw rows with data.format=raw")

@@ -45,14 +45,30 @@ def packed_rows_collator(pad_token_id: int, pad_to_multiple_of: int | None = Non
 
 
 class PackedRowsMixin:
-    """Put before SFTTrainer in the MRO. With `forge_packed_rows` set, the attention mask of a packed batch is
-    dropped right before the forward (so transformers takes the sequence boundaries from position_ids), and TRL's
-    token count, which falls back to one row's length without a mask, is corrected to the real tokens."""
+    """Put before SFTTrainer in the MRO. With `packed_rows=True` and a packing config, a model whose attention has
+    no variable-length kernel trains on packed rows: the collator keeps B rows with per-sequence position_ids, the
+    attention mask of a packed batch is dropped right before the forward (so transformers takes the sequence
+    boundaries from position_ids), and TRL's token count, which falls back to one row's length without a mask, is
+    corrected to the real tokens."""
 
-    forge_packed_rows: bool = False
+    def __init__(self, *args, packed_rows: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packed_rows = packed_rows and self.args.packing and self._wants_packed_rows()
+
+    def _wants_packed_rows(self) -> bool:
+        model = self.accelerator.unwrap_model(self.model)
+        if not wants_packed_rows(model):
+            log.info("packing: %s attention reads sequence boundaries itself; keeping TRL's flattened batches",
+                     model.config._attn_implementation)
+            return False
+        self.data_collator = packed_rows_collator(self.processing_class.pad_token_id,
+                                                  getattr(self.data_collator, "pad_to_multiple_of", None))
+        log.info("packing: rows of up to %s tokens, sequence boundaries from position_ids (%s attention has no "
+                 "variable-length kernel)", self.args.max_length, model.config._attn_implementation)
+        return True
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        if not (self.forge_packed_rows and "position_ids" in inputs and "attention_mask" in inputs):
+        if not (self.packed_rows and "position_ids" in inputs and "attention_mask" in inputs):
             return super().compute_loss(model, inputs, *args, **kwargs)
         mask = inputs.pop("attention_mask")
         counted_before = self._total_train_tokens
@@ -62,21 +78,3 @@ class PackedRowsMixin:
             self._total_train_tokens = counted_before + real // self._tp_size
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return out
-
-
-def with_packed_rows(trainer_cls: type) -> type:
-    return type(trainer_cls.__name__, (PackedRowsMixin, trainer_cls), {})
-
-
-def use_packed_rows(trainer, tokenizer) -> None:
-    """Switch a packing SFTTrainer from TRL's flattened batches to packed rows, when its attention needs it."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if not wants_packed_rows(model):
-        log.info("packing: %s attention reads sequence boundaries itself; keeping TRL's flattened batches",
-                 model.config._attn_implementation)
-        return
-    trainer.data_collator = packed_rows_collator(tokenizer.pad_token_id,
-                                                 getattr(trainer.data_collator, "pad_to_multiple_of", None))
-    trainer.forge_packed_rows = True
-    log.info("packing: rows of up to %s tokens, sequence boundaries from position_ids (%s attention has no "
-             "variable-length kernel)", trainer.args.max_length, model.config._attn_implementation)

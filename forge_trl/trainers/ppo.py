@@ -27,9 +27,10 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from forge_trl.errors import ConfigError, ModelError
-from forge_trl.injection.routing import find_recorder
+from forge_trl.injection.routing import RoutingRecorder
 from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, write_atomically
-from forge_trl.rl.ppo_config import PPOConfig
+from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin
+from forge_trl.trainers.ppo_config import PPOConfig
 from forge_trl.rl.ppo_math import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -40,6 +41,8 @@ from forge_trl.rl.ppo_math import (
     per_token_rewards,
 )
 from forge_trl.rl.ppo_models import POLICY, PPOModels
+
+__all__ = ["PPOConfig", "PPOTrainer"]
 
 log = logging.getLogger("forge_trl")
 
@@ -72,10 +75,14 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return chosen, entropy
 
 
-class PPOTrainer(Trainer):
-    """Proximal policy optimisation over prompt-only data with an adapter policy and a forge reward model."""
+class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
+    """Proximal policy optimisation over prompt-only data with an adapter policy and a forge reward model.
 
-    def __init__(self, models: PPOModels, args: PPOConfig, train_dataset, processing_class, callbacks=None):
+    Checkpoints are its own (`ppo_state.json` beside the adapters), written atomically; routing metrics and the
+    non-finite guard come from the same mixins as every other forge trainer."""
+
+    def __init__(self, models: PPOModels, args: PPOConfig, train_dataset, processing_class, callbacks=None,
+                 routing: RoutingRecorder | None = None, max_nonfinite_steps: int | None = None):
         if args.world_size > 1:
             # This loop never wraps the models for data parallelism: every process would sample the same prompts,
             # step on its own gradients and write the same checkpoints, so N processes would be N racing copies.
@@ -89,10 +96,10 @@ class PPOTrainer(Trainer):
         self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else processing_class.eos_token_id
         super().__init__(
             model=models.policy, args=args, train_dataset=train_dataset, processing_class=processing_class,
-            data_collator=LeftPadCollator(processing_class.pad_token_id), callbacks=callbacks,
+            data_collator=LeftPadCollator(processing_class.pad_token_id), callbacks=callbacks, routing=routing,
+            max_nonfinite_steps=max_nonfinite_steps,
         )
         self.kl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
-        self.routing = find_recorder(models.policy)
         models.critic.to(args.device)  # the policy was moved by Trainer; a separate critic and the heads follow
         models.reward_head.to(args.device)
         models.value_head.to(args.device)

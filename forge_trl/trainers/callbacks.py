@@ -1,4 +1,4 @@
-"""Trainer callbacks forge_trl adds to every run: metrics.jsonl, the non-finite guard, and the loss-curve plot."""
+"""Trainer callbacks: metrics.jsonl, the non-finite guard (installed by `NonFiniteGuardMixin`), and the loss plot."""
 
 from __future__ import annotations
 
@@ -82,10 +82,6 @@ class NonFiniteGuard(TrainerCallback):
         if self.in_a_row >= self.max_in_a_row:
             self.stopped_at = state.global_step + 1
             control.should_training_stop = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs and self.skipped:
-            logs["nonfinite_skipped"] = self.skipped
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

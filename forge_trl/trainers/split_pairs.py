@@ -83,28 +83,16 @@ def split_pair_forward(module: torch.nn.Module, recorder=None):
 
 
 class SplitPairsMixin:
-    """Put before a TRL preference trainer (DPOTrainer, ORPOTrainer) in the MRO; `forge_split_pairs` turns the
+    """Put before a TRL preference trainer (DPOTrainer, ORPOTrainer) in the MRO; `split_pairs=True` turns the
     split on."""
 
-    forge_split_pairs: bool = False
+    def __init__(self, *args, split_pairs: bool = False, **kwargs):
+        self.split_pairs = split_pairs
+        super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        if not (self.forge_split_pairs and model.training):
+        if not (self.split_pairs and model.training):
             return super().compute_loss(model, inputs, *args, **kwargs)
         # Patch the unwrapped model: a DDP wrapper's forward still calls it, once, with the whole batch.
-        with split_pair_forward(self.accelerator.unwrap_model(model), getattr(self, "forge_routing", None)):
+        with split_pair_forward(self.accelerator.unwrap_model(model), getattr(self, "routing", None)):
             return super().compute_loss(model, inputs, *args, **kwargs)
-
-
-def with_split_pairs(trainer_cls: type) -> type:
-    """`trainer_cls` with SplitPairsMixin in front, under the same name (it shows in logs and model cards)."""
-    return type(trainer_cls.__name__, (SplitPairsMixin, trainer_cls), {})
-
-
-class SplitPairsTask:
-    """Task mixin: hand `task.split_pairs` to the trainer that `trl_classes` wrapped with `with_split_pairs`."""
-
-    def build_trainer(self, ctx):
-        trainer = super().build_trainer(ctx)
-        trainer.forge_split_pairs = ctx.cfg.task.split_pairs
-        return trainer

@@ -55,4 +55,5 @@ class OnlineRLTask(Task):
 
     def trainer_kwargs(self, ctx: TaskContext) -> dict:
         reward_model, reward_tokenizer = load_reward_model(ctx.cfg.task.reward_model.checkpoint_path)
-        return dict(reward_funcs=reward_model, reward_processing_classes=reward_tokenizer)
+        return {**super().trainer_kwargs(ctx), "reward_funcs": reward_model,
+                "reward_processing_classes": reward_tokenizer}

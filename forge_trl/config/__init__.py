@@ -2,8 +2,9 @@
 
 The top-level schema fixes the groups (`model`, `injection`, `task`, `data`) and the run-level keys. Each task
 and each injection strategy declares its own schema dataclass next to its code, subclassing `TaskConfig` or
-`InjectionConfig`; its YAML file names that schema in its defaults list (`- dpo_schema`). A misspelt key or a
-value of the wrong type therefore fails while Hydra composes the config, before any model loads.
+`InjectionConfig`, and that dataclass is the group option itself (`task=dpo` composes `DPOTaskConfig()`; see
+forge_trl/commands/compose.py). The dataclasses are the only place defaults live. A misspelt key or a value of the
+wrong type therefore fails while Hydra composes the config, before any model loads.
 
 Range checks (a negative learning rate, `orpo_lambda <= 0`) live in `__post_init__`, which runs when
 `OmegaConf.to_object` turns the composed config into these dataclasses.
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from forge_trl.bench.config import BenchConfig
+from forge_trl.config.bench import BenchConfig
 from forge_trl.errors import ConfigError, require  # noqa: F401  (schemas elsewhere import require from here)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -186,6 +187,17 @@ class TaskConfig:
 
 
 @dataclass
+class ReferenceTaskConfig(TaskConfig):
+    """Base of the schemas of tasks whose loss compares the policy with a reference model (DPO, KTO, ...).
+
+    The reference is the input checkpoint; `forge_trl.tasks.base.Task.reference_args` handles it for all of them."""
+
+    # Compute reference log-probs once before training instead of at every step (forced on when phases train
+    # base weights that the reference pass shares).
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
 class ForgeConfig:
     """One forge_trl run: the four config groups plus run-level keys."""
 
@@ -214,26 +226,6 @@ class ForgeConfig:
     def __post_init__(self):
         require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
         require(self.max_nonfinite_steps > 0, "max_nonfinite_steps", f"must be positive, got {self.max_nonfinite_steps}")
-
-
-SCHEMA_SUFFIX = "_schema"
-
-
-def register_configs() -> None:
-    """Register the top-level schema and every task/injection schema with Hydra's ConfigStore."""
-    from hydra.core.config_store import ConfigStore
-
-    from forge_trl.injection import INJECTIONS
-    from forge_trl.tasks import TASKS
-
-    cs = ConfigStore.instance()
-    cs.store(name="forge_schema", node=ForgeConfig)
-    cs.store(group="model", name="model" + SCHEMA_SUFFIX, node=ModelConfig)
-    cs.store(group="data", name="data" + SCHEMA_SUFFIX, node=DataConfig)
-    for name, task in TASKS.items():
-        cs.store(group="task", name=name + SCHEMA_SUFFIX, node=task.schema)
-    for name, strategy in INJECTIONS.items():
-        cs.store(group="injection", name=name + SCHEMA_SUFFIX, node=strategy.schema)
 
 
 def to_typed(cfg) -> ForgeConfig:

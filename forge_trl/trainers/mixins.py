@@ -1,0 +1,207 @@
+"""The one-job mixins every forge trainer is built from.
+
+Each mixin takes its feature through the trainer's constructor (a keyword argument it consumes before calling
+the next class's `__init__`), never as a flag set afterwards:
+
+| mixin                         | keyword              | job                                                   |
+|-------------------------------|----------------------|-------------------------------------------------------|
+| `RoutingMixin`                | `routing`            | balancing loss of routed injections, routing metrics  |
+| `NonFiniteGuardMixin`         | `max_nonfinite_steps`| skip optimizer steps with non-finite gradients        |
+| `AtomicCheckpointMixin`       | -                    | `checkpoint-N/` complete or absent; base_ffn weights  |
+| `PretokenizedPreferenceMixin` | -                    | train DPO from a `forge-trl preprocess` cache          |
+| `SplitPairsMixin` (split_pairs.py) | `split_pairs`   | chosen and rejected through the policy one at a time  |
+| `PackedRowsMixin` (packing.py)     | `packed_rows`   | packed rows without flash attention                   |
+
+`ForgeTrainerMixin` bundles the first three, which every trainer gets; the named trainer classes in this package
+(`ForgeDPOTrainer`, ...) put it in front of TRL's trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from forge_trl.injection.base import EXTRA_TRAINABLE_FILE, restore_named_parameters
+from forge_trl.injection.routing import RoutingRecorder
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, staging_dir
+from forge_trl.trainers.callbacks import NonFiniteGuard
+
+ROUTING_FILE = "routing.jsonl"
+
+
+class RoutingMixin:
+    """Adds a routed injection's balancing loss to the task loss and its routing metrics to the training logs,
+    whatever the TRL trainer's own MoE support. `routing=None` (no routed injection) leaves the trainer as it is."""
+
+    def __init__(self, *args, routing: RoutingRecorder | None = None, **kwargs):
+        self.routing = routing
+        self._aux_values: list[torch.Tensor] = []
+        super().__init__(*args, **kwargs)
+        if routing is not None and self.is_world_process_zero():
+            # A rerun starts a fresh per-expert share file.
+            (Path(self.args.output_dir) / ROUTING_FILE).write_text("", encoding="utf-8")
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        recorder = self.routing
+        if recorder is None or not model.training:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        with recorder.collect():
+            out = super().compute_loss(model, inputs, *args, **kwargs)
+        aux = recorder.pop_loss()
+        if aux is None:
+            return out
+        self._aux_values.append(aux.detach())  # averaged when logged: no device sync per step
+        if recorder.coef == 0:
+            return out
+        weighted = recorder.coef * aux
+        # Trainer divides the loss by the accumulation steps unless the loss was already normalised over the
+        # whole accumulated batch (num_items_in_batch); the per-micro-batch aux loss then needs the division here.
+        num_items = kwargs.get("num_items_in_batch")
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items is not None) or (
+                getattr(self, "compute_loss_func", None) is not None
+            )
+        if scaled:
+            weighted = weighted / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+        if isinstance(out, tuple):
+            return (out[0] + weighted, *out[1:])
+        return out + weighted
+
+    def log(self, logs, *args, **kwargs):
+        if self.routing is not None and "loss" in logs:
+            if self._aux_values:
+                logs["moe/aux_loss"] = float(torch.stack(self._aux_values).float().mean())
+                self._aux_values.clear()
+            shares = self.routing.expert_shares()
+            logs.update(self.routing.pop_metrics())
+            if shares and self.is_world_process_zero():
+                # Per-layer, per-expert token shares are too many for the log line; they go to routing.jsonl.
+                record = {"step": self.state.global_step, "expert_share": shares}
+                with (Path(self.args.output_dir) / ROUTING_FILE).open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+        return super().log(logs, *args, **kwargs)
+
+
+class NonFiniteGuardMixin:
+    """Skips optimizer steps whose gradients are not finite (see `NonFiniteGuard`) and counts them in the logs
+    as `nonfinite_skipped`. `self.nonfinite_guard.stopped_at` tells the run whether training stopped for it."""
+
+    def __init__(self, *args, max_nonfinite_steps: int | None = None, callbacks=None, **kwargs):
+        self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps) if max_nonfinite_steps else None
+        # After the run's own callbacks: a phase schedule drops frozen groups' gradients before the check.
+        callbacks = [*(callbacks or []), *([self.nonfinite_guard] if self.nonfinite_guard else [])]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    def log(self, logs, *args, **kwargs):
+        if self.nonfinite_guard is not None and "loss" in logs and self.nonfinite_guard.skipped:
+            logs["nonfinite_skipped"] = self.nonfinite_guard.skipped
+        return super().log(logs, *args, **kwargs)
+
+
+class AtomicCheckpointMixin:
+    """Makes intermediate checkpoints atomic and complete (see `_save_checkpoint`), including the base weights
+    that `base_ffn` phases train and a PEFT adapter checkpoint leaves out."""
+
+    _staging: Path | None = None  # set only while a checkpoint is being staged
+
+    def _get_output_dir(self, trial):
+        if self._staging is not None:
+            return str(self._staging)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write `checkpoint-N` as transformers does, but into a hidden staging directory, and rename it into
+        place only once every file is there.
+
+        transformers 5.23 writes straight into `checkpoint-N` (weights, then optimizer, RNG, trainer_state.json),
+        so a process killed mid-save leaves a directory that looks like the newest checkpoint but lacks some of
+        its state. Staged, a killed save leaves only the staging directory, which `resume=true` never considers
+        and the next run discards. Rotation runs after the rename, so the previous checkpoint is deleted only
+        once its successor is complete."""
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        staging = staging_dir(run_dir)
+        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        staged, target = staging / name, run_dir / name
+        if self.args.should_save:
+            self._save_extra_trainable(staged)
+            self._point_best_checkpoint_at(run_dir, staged)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if target.exists():  # the same step saved again: swap, so a checkpoint-N exists at every moment
+                old = run_dir / f".{name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(staged, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staged, target)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
+        """transformers looked for the best checkpoint in the staging directory; record its final place."""
+        best_step = self.state.best_global_step
+        if not best_step:
+            return
+        best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
+        if best_step == self.state.global_step or best.is_dir():
+            self.state.best_model_checkpoint = str(best)
+            self.state.save_to_json(str(staged / "trainer_state.json"))
+
+    def _extra_trainable(self, model) -> dict[str, torch.nn.Parameter]:
+        """Parameters the optimizer updates that a PEFT adapter checkpoint leaves out: base weights trained by
+        `base_ffn` phases. Without them a resumed run would restart those weights from the base model. (Anything
+        not named `lora_` is taken, so a `modules_to_save` head is stored twice; it is small.)"""
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel) or self.optimizer is None:
+            return {}
+        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return {name: p for name, p in model.named_parameters() if id(p) in optimized and "lora_" not in name}
+
+    def _save_extra_trainable(self, checkpoint: Path) -> None:
+        from safetensors.torch import save_file
+
+        extra = self._extra_trainable(self.accelerator.unwrap_model(self.model))
+        if extra:
+            tensors = {n: p.detach().contiguous().cpu() for n, p in extra.items()}
+            save_file(tensors, str(checkpoint / EXTRA_TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / EXTRA_TRAINABLE_FILE
+        if path.is_file():
+            restore_named_parameters(model if model is not None else self.model, path)
+
+
+class PretokenizedPreferenceMixin:
+    """A `forge-trl preprocess` preference cache is already tokenized exactly as DPOTrainer would do it; TRL 1.16
+    has no switch to skip its own tokenization, which would look for text columns."""
+
+    def _prepare_dataset(self, dataset, *args, **kwargs):
+        from forge_trl.data.token_cache import is_pretokenized_preference
+
+        if is_pretokenized_preference(dataset):
+            return dataset
+        return super()._prepare_dataset(dataset, *args, **kwargs)
+
+
+class ForgeTrainerMixin(RoutingMixin, NonFiniteGuardMixin, AtomicCheckpointMixin):
+    """What every forge trainer adds to its TRL trainer."""
