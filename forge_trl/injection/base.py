@@ -40,6 +40,8 @@ class Injection(ABC):
     # True for routed strategies whose experts are all the same function until their LoRAs differ
     # (mixture_lora, moe_expert_lora); a router-only phase then learns nothing.
     experts_share_base: ClassVar[bool] = False
+    # True for strategies that adapt a model's own experts and so need a native MoE model (Qwen3-MoE, Mixtral, ...).
+    requires_native_moe: ClassVar[bool] = False
 
     def __init__(self, cfg: InjectionConfig):
         self.cfg = cfg

@@ -95,6 +95,7 @@ def within_layer(name: str) -> str:
 class NativeMoeExpertLoraInjection(PeftInjection):
     name = "native_moe_expert_lora"
     schema = NativeMoeExpertLoraConfig
+    requires_native_moe = True
 
     def routers(self, model: torch.nn.Module) -> list[str]:
         cls = router_class(model)

@@ -60,6 +60,15 @@ class Task(ABC):
     schema: ClassVar[type[TaskConfig]]
     head: ClassVar[str] = HEAD_CAUSAL_LM
     data_layouts: ClassVar[tuple[str, ...]]
+    # True for tasks that build extra roles as adapters on the policy's base (forge's PPO): they cannot train
+    # every weight (injection=full, task.full_parameter).
+    requires_adapter: ClassVar[bool] = False
+
+    def preflight(self, injection: Injection) -> None:
+        """Raise ConfigError, before any weights load, when this task cannot train with `injection`."""
+        if self.requires_adapter and not injection.is_adapter:
+            raise ConfigError(f"task={self.name} trains an adapter policy; injection={injection.name} "
+                              "(task.full_parameter) is not supported: pick an adapter injection such as dense_lora")
 
     @abstractmethod
     def trl_classes(self) -> tuple[type, type]:

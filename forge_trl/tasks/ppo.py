@@ -43,16 +43,12 @@ class PPOTaskConfig(PPOSettings, TaskConfig):
 
 
 def tokenize_prompts(dataset, tokenizer):
-    """Prompt column (messages or text) -> input_ids with the generation prompt, as the policy will see it."""
+    """Prompt column (messages or text) -> input_ids with the generation prompt, as the policy will see it (the
+    data package's one prompt renderer, shared with training's other tasks and the bench)."""
+    from forge_trl.data.prompts import prompt_ids
 
     def encode(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        else:
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return {"input_ids": list(ids)}
+        return {"input_ids": prompt_ids(tokenizer, row["prompt"])}
 
     return dataset.map(encode, remove_columns=dataset.column_names)
 
@@ -62,6 +58,7 @@ class PPOTask(Task):
     name = "ppo"
     schema = PPOTaskConfig
     data_layouts = ("prompt_only",)
+    requires_adapter = True
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
