@@ -1,4 +1,5 @@
-# forge_trl: `make demo` runs pretrain -> SFT -> ORPO on the embedded tiny model; `make test` runs the tests.
+# forge_trl: `make demo` runs pretrain -> SFT -> ORPO on the embedded tiny model; `make test` runs the static checks
+# (ruff, mypy, import layering) and the tests.
 # Both install into .venv on first use. GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url <cuda index>"
 
 PYTHON ?= python3
@@ -8,16 +9,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.forge_installed
 PYTEST_ARGS ?=
 
-# Pipeline paths (forge_trl/pipeline.py): each chains final/ directories and ends with a bench table.
+# Pipeline paths (forge-trl pipeline, forge_trl/commands/pipeline.py): each chains final/ directories and ends with
+# a bench table.
 # make path-c MODEL=qwen3_0_6b INJECTION=moe_expert_lora DATA=data/mine OUT=outputs/qwen PIPELINE_ARGS="task.max_steps=200"
 MODEL ?= tiny
 INJECTION ?= dense_lora
 DATA ?= demo
 OUT ?= outputs/pipelines
 PIPELINE_ARGS ?=
-PIPELINE := $(PY) -m forge_trl.pipeline model=$(MODEL) injection=$(INJECTION) data=$(DATA) out=$(OUT) $(PIPELINE_ARGS)
+PIPELINE := $(VENV)/bin/forge-trl pipeline model=$(MODEL) injection=$(INJECTION) data=$(DATA) out=$(OUT) $(PIPELINE_ARGS)
 
-.PHONY: install demo test test-all clean path-a path-b path-c path-d path-e pipelines
+.PHONY: install demo check test test-all clean path-a path-b path-c path-d path-e pipelines
 
 install: $(STAMP)
 
@@ -49,10 +51,17 @@ path-e: $(STAMP)
 pipelines: $(STAMP)
 	$(PIPELINE) paths=a,b,c,d,e
 
-test: $(STAMP)
+# Static checks first (seconds): lint, format, types, and the package's import layering (pyproject.toml).
+check: $(STAMP)
+	$(VENV)/bin/ruff check forge_trl tests benchmarks
+	$(VENV)/bin/ruff format --check forge_trl tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: check
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:

@@ -1,31 +1,32 @@
 """forge_trl's performance in one command: each stage against plain TRL, memory ratios between stages, forge PPO
 against TRL 0.29.1, packing, MoE-LoRA cost and (on a GPU) Liger and gradient checkpointing.
 
-    FORGE_TRL_CACHE=/tmp/fcache python scripts/bench_perf.py --size tiny
-    python scripts/bench_perf.py --size qwen3-0.6b --cases sft,dpo,memory --wait-idle --json perf.json
-    python scripts/bench_perf.py --size qwen3-1.7b --cases sft,dpo,gpu     # on a CUDA machine (bf16)
+    FORGE_TRL_CACHE=/tmp/fcache python -m benchmarks.bench_perf --size tiny
+    python -m benchmarks.bench_perf --size qwen3-0.6b --cases sft,dpo,memory --wait-idle --json perf.json
+    python -m benchmarks.bench_perf --size qwen3-1.7b --cases sft,dpo,gpu     # on a CUDA machine (bf16)
 
 Cases (`--cases`, comma-separated; default all):
 
 - `sft`, `dpo`, `orpo`, `rm`: forge_trl (`python -m forge_trl task=...` in-process) against a plain TRL + PEFT
-  script doing the same thing (scripts/perf_cases/plain_trl.py): same model directory, the same JSONL rows, batch,
-  sequence length, LoRA (r=16, alpha 32, dropout 0.05 on the seven projections), precision and optimizer
-  settings. Ratio: forge step time / plain step time (target <= 1.03). Because step times differ by up to ~10%
-  from one process to the next on a VM, a third run profiles forge's training loop (cProfile) and measures
-  forge's own work per step directly: its callback hooks in full plus the self time of its trainer mixins. The
-  second ratio is (plain step + that work) / plain step.
+  script doing the same thing (benchmarks/plain_trl.py): same model directory, the same JSONL rows, batch,
+  sequence length, LoRA (forge's default dense_lora: r=16, alpha 32, dropout 0.05 on the seven projections),
+  precision, optimizer settings and the task's own settings (forge's schema defaults, given to TRL). Ratio: forge
+  step time / plain step time (target <= 1.03). Because step times differ by up to ~10% from one process to the
+  next on a VM, a third run profiles forge's training loop (cProfile) and measures forge's own work per step
+  directly: its callback hooks in full plus the self time of its trainer mixins. The second ratio is
+  (plain step + that work) / plain step.
 - `memory`: peak memory of forge DPO (batch pairs; TRL's one-batch step, and `task.split_pairs=true`) and forge
   PPO (batch prompts, policy, reference, reward and value sharing one base) over forge SFT (batch examples) on the
   same model (targets: 1.15x for DPO with split_pairs, 1.5x for PPO), plus split_pairs' step-time cost. Only
   meaningful where weights dominate the process: use qwen3-0.6b or larger.
-- `ppo`: forge PPO against TRL 0.29.1's PPOTrainer, through scripts/bench_ppo.py's own preparation and
+- `ppo`: forge PPO against TRL 0.29.1's PPOTrainer, through benchmarks/bench_ppo.py's own preparation and
   measurement (its `tiny` and `qwen3-0.6b` cases; targets: >= 1.5x episodes/s, <= 0.6x peak memory).
 - `packing`: forge SFT on the variable-length demo rows, padded against packed (TRL's best-fit-decreasing packing;
-  forge_trl/tasks/packing.py keeps the packed rows two-dimensional unless the attention has a variable-length
+  forge_trl/trainers/packing.py keeps the packed rows two-dimensional unless the attention has a variable-length
   kernel; attention never crosses a sequence boundary either way). Tokens/s counts real (non-pad) tokens. Target
   >= 1.5x.
 - `moe`: `moe_expert_lora` (8 experts, top-2) against `dense_lora`, and against a naive per-expert loop, with
-  scripts/bench_injections.py's step (forward + backward + AdamW on random tokens). Target <= 2x dense.
+  benchmarks/bench_injections.py's step (forward + backward + AdamW on random tokens). Target <= 2x dense.
 - `gpu` (CUDA only, skipped on CPU): forge SFT with Liger kernels on/off (`use_liger_kernel`, skipped when
   liger-kernel is not installed), gradient checkpointing on/off, and 4-bit QLoRA.
 
@@ -34,14 +35,16 @@ Sizes (`--size`): `tiny` (the embedded forge-tiny), `qwen3-0.6b` (random-init Qw
 what they cost users; token ids come from the tiny tokenizer), `qwen3-1.7b` (GPU only: hidden 2048, FFN 6144).
 fp32 on CPU, bf16 on CUDA.
 
-Method: every measured run is its own subprocess (`--child`), so each peak memory is that run's alone: peak RSS
-(`ru_maxrss`, the process's high-water mark including model loading) on CPU, `torch.cuda.max_memory_allocated`
-on CUDA. Step time is the median interval between consecutive `on_step_end` callbacks after `--warmup` steps
-(an interval covers data loading, forward, backward, optimizer, callbacks and logging); tokens/s is the real
-tokens of the timed steps (attention-mask sums of each collated batch; all tokens of a padding-free batch) over
-their summed time. Ratios are taken pair by pair within the same invocation. With `--wait-idle` each run first
-waits for the machine to be quiet and is repeated (`--retries`) when other processes used more than 0.25 cores
-while it was timed (the same logic as bench_ppo.py); without it the table says how busy the machine was.
+Method (benchmarks/harness.py): every measured run is its own subprocess (`--child`), so each peak memory is that
+run's alone: peak RSS (the child's `ru_maxrss`, its high-water mark including model loading) on CPU,
+`torch.cuda.max_memory_allocated` on CUDA. Step time is the median interval between consecutive `on_step_end`
+callbacks after `--warmup` steps (an interval covers data loading, forward, backward, optimizer, callbacks and
+logging); tokens/s is the real tokens of the timed steps (attention-mask sums of each collated batch, counted by
+a wrapper around the trainer's data collator, forge's through `forge_trl.train.run(trainer_hook=...)`; all tokens
+of a padding-free batch) over their summed time. Ratios are taken pair by pair within the same invocation. With
+`--wait-idle` each run first waits for the machine to be quiet and is repeated (`--retries`) when other processes
+used more than 0.25 cores while it was timed (as bench_ppo's runs are); without it the table says how busy the
+machine was.
 """
 
 from __future__ import annotations
@@ -49,33 +52,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-ROOT = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))
+from benchmarks import bench_ppo, harness
+from benchmarks.harness import MIB, log
 
-import bench_ppo  # noqa: E402  (standard library only at import; shares idle-wait, logging and PPO machinery)
-
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+MODULE = "benchmarks.bench_perf"
 ALL_CASES = ("sft", "dpo", "orpo", "rm", "memory", "ppo", "packing", "moe", "gpu")
-LORA = dict(r=16, alpha=32, dropout=0.05, targets=list(bench_ppo.LORA["targets"]))
-# Learning rates: forge's task defaults, given to both sides.
-LEARNING_RATES = {"sft": 2e-4, "dpo": 5e-6, "orpo": 8e-6, "rm": 1e-5}
+TRAINING_TASKS = ("sft", "dpo", "orpo", "rm")
 LAYOUTS = {"sft": "sft", "dpo": "prompted_preference", "orpo": "prompted_preference", "rm": "prompted_preference"}
-# Task settings, as forge overrides and as the TRL config fields they map to (forge's defaults).
-TASK_SETTINGS = {
-    "sft": (["task.completion_only_loss=true", "task.packing=false"], dict(completion_only_loss=True, packing=False)),
-    "dpo": (["task.beta=0.1", "task.loss_type=sigmoid"], dict(beta=0.1, loss_type=["sigmoid"])),
-    "orpo": (["task.orpo_lambda=0.1"], dict(beta=0.1)),
-    "rm": ([], {}),
-}
 QWEN3_VOCAB = 151_936
 ARCHS = {
     "qwen3-0.6b": dict(bench_ppo.QWEN3_0_6B),
@@ -88,7 +77,6 @@ SIZE_DEFAULTS = {
     "qwen3-0.6b": dict(batch=2, seq_len=128, steps=3, warmup=1, repeats=1),
     "qwen3-1.7b": dict(batch=8, seq_len=512, steps=10, warmup=3, repeats=1),
 }
-PPO_RESPONSE_TOKENS = 16
 OVERHEAD_TARGET = 1.03
 
 
@@ -104,7 +92,7 @@ def overhead_pairs(task: str) -> list[tuple]:
 # (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
 # step time, "tps" tokens/s, "peak" peak memory, "own" the plain step plus forge's profiled own work.
 PAIRS = {
-    **{task: overhead_pairs(task) for task in ("sft", "dpo", "orpo", "rm")},
+    **{task: overhead_pairs(task) for task in TRAINING_TASKS},
     "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
                ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
                ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
@@ -124,25 +112,34 @@ PAIRS = {
 }
 
 
+# ------------------------------------------------------------------------------------------------ forge's defaults
+def task_learning_rate(task: str) -> float:
+    """forge's default learning rate of `task` (its schema), given to both sides."""
+    from forge_trl.tasks import get_task
+
+    return harness.schema_default(get_task(task).schema, "learning_rate")
+
+
+def plain_task_args(task: str) -> dict:
+    """The task's own settings as TRL config fields, from forge's schema defaults (which the forge run uses)."""
+    if task == "sft":
+        from forge_trl.tasks.sft import SFTTaskConfig
+
+        sft = SFTTaskConfig()
+        return dict(completion_only_loss=sft.completion_only_loss, packing=sft.packing)
+    if task == "dpo":
+        from forge_trl.tasks.dpo import DPOTaskConfig
+
+        dpo = DPOTaskConfig()
+        return dict(beta=dpo.beta, loss_type=[dpo.loss_type], label_smoothing=dpo.label_smoothing)
+    if task == "orpo":
+        from forge_trl.tasks.orpo import ORPOTaskConfig
+
+        return dict(beta=ORPOTaskConfig().orpo_lambda)  # forge's orpo_lambda is TRL's ORPOConfig.beta
+    return {}
+
+
 # ------------------------------------------------------------------------------------------------ pure helpers
-def median_after_warmup(step_ends: list[float], warmup: int) -> list[float]:
-    """Intervals between consecutive step ends, without the first `warmup` of them (step 1 has no interval)."""
-    intervals = [b - a for a, b in zip(step_ends, step_ends[1:])]
-    return intervals[warmup:] if len(intervals) > warmup else intervals[-1:]
-
-
-def summarize(step_ends: list[float], tokens_at_end: list[int], warmup: int) -> dict:
-    """Median step time and real tokens/s over the steps after warm-up."""
-    timed = median_after_warmup(step_ends, warmup)
-    first = len(step_ends) - 1 - len(timed)  # index of the step end that opens the timed window
-    out = dict(step_seconds=timed, median_step_s=statistics.median(timed) if timed else float("nan"),
-               timed_steps=len(timed))
-    if tokens_at_end and timed:
-        tokens = tokens_at_end[-1] - tokens_at_end[first]
-        out.update(tokens_timed=tokens, tokens_per_s=tokens / sum(timed))
-    return out
-
-
 def ratio(results: dict, numerator: str, denominator: str, metric: str) -> float | None:
     if metric == "own":  # forge's profiled own work per step, added to the plain step
         own, plain = results.get(numerator, {}).get("forge_own_s"), results.get(denominator, {}).get("median_step_s")
@@ -192,24 +189,25 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def format_tables(results: dict, ratios: list[dict], memory_label: str) -> str:
-    lines = [f"| run | implementation | step time (median) | timed steps | tokens/s | {memory_label} | "
-             "CPU cores while timed: own / other |", "|---|---|---|---|---|---|---|"]
+    runs = []
     for key, r in results.items():
         if "error" in r:
-            lines.append(f"| {key} | {r.get('implementation', '?')} | failed: {r['error']} | | | | |")
+            runs.append((key, r.get("implementation", "?"), f"failed: {r['error']}", "", "", "", ""))
             continue
         tps = r.get("tokens_per_s")
         unit = r.get("throughput_unit", "tokens/s")
         tps_text = "—" if tps is None else (f"{tps:,.0f}" if unit == "tokens/s" else f"{tps:.3f} {unit}")
         cores = (f"{r['own_cores']:.2f} / {r['other_cores']:.2f}" if r.get("own_cores") is not None else "—")
-        lines.append(f"| {key} | {r.get('implementation', '')} | {r['median_step_s'] * 1000:,.1f} ms | "
-                     f"{r.get('timed_steps', '')} | {tps_text} | {fmt_bytes(r.get('peak_bytes'))} | {cores} |")
-    lines += ["", "| comparison | ratio | target | result |", "|---|---|---|---|"]
+        runs.append((key, r.get("implementation", ""), f"{r['median_step_s'] * 1000:,.1f} ms",
+                     r.get("timed_steps", ""), tps_text, fmt_bytes(r.get("peak_bytes")), cores))
+    comparisons = []
     for row in ratios:
         value = "—" if row["value"] is None else f"{row['value']:.2f}x"
         target = "—" if row["target"] is None else f"{'≤' if row['sense'] == 'max' else '≥'} {row['target']}x"
-        lines.append(f"| {row['label']} | {value} | {target} | {row['result']} |")
-    return "\n".join(lines)
+        comparisons.append((row["label"], value, target, row["result"]))
+    return (harness.markdown_table(("run", "implementation", "step time (median)", "timed steps", "tokens/s",
+                                    memory_label, "CPU cores while timed: own / other"), runs)
+            + "\n\n" + harness.markdown_table(("comparison", "ratio", "target", "result"), comparisons))
 
 
 def compute_ratios(cases: list[str], results: dict, size: str = "") -> list[dict]:
@@ -230,113 +228,54 @@ def compute_ratios(cases: list[str], results: dict, size: str = "") -> list[dict
     return rows
 
 
-def count_real_tokens(batch: dict) -> int:
-    """Real (non-pad) tokens of one collated batch: attention-mask sums (a prompt mask is not counted on top of
-    the prompt+completion masks that contain it); a batch without masks (padding-free) counts all its ids."""
-    masks = [k for k in batch if k.endswith("attention_mask") and not k.startswith("prompt_")]
-    if masks:
-        return int(sum(int(batch[k].sum()) for k in masks))
-    return int(sum(batch[k].numel() for k in batch if k.endswith("input_ids")))
-
-
 # ------------------------------------------------------------------------------------------------ children
-def make_timer(cuda: bool, profiler=None):
-    """bench_ppo's step timer, plus real tokens per step and a CUDA sync so a step end is a real end. With a
-    cProfile `profiler`, it profiles from the start of training to the end of the last step."""
-    import torch
-    from transformers import Trainer
+def child(kind: str, spec: dict) -> dict:
+    """One measured run: forge or plain TRL training (timed per step), or one bench_injections case."""
+    if kind == "moe":
+        return child_moe(spec)
+    import cProfile
 
-    base = type(bench_ppo.step_timer())
-
-    class PerfTimer(base):
-        def __init__(self):
-            super().__init__()
-            self.tokens = 0
-            self.tokens_at_end: list[int] = []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if profiler is not None:
-                profiler.enable()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            super().on_step_end(args, state, control, **kwargs)
-            self.tokens_at_end.append(self.tokens)
-            if profiler is not None and state.global_step >= state.max_steps:
-                profiler.disable()  # forge's callbacks ran before this one (it is the last)
-
-    timer = PerfTimer()
-    original = Trainer.get_batch_samples
-
-    def counting_get_batch_samples(self, *args, **kwargs):  # same wrapper for forge and plain runs
-        batches, num_items = original(self, *args, **kwargs)
-        timer.tokens += sum(count_real_tokens(b) for b in batches if isinstance(b, dict))
-        return batches, num_items
-
-    Trainer.get_batch_samples = counting_get_batch_samples
-    return timer
-
-
-def child_main(kind: str, spec_file: str) -> None:
-    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
 
     cuda = torch.cuda.is_available()
-    info: dict
-    if kind == "moe":
-        info = child_moe(spec)
+    profiler = cProfile.Profile() if spec.get("profile") else None
+    timer = harness.step_timer(cuda, profiler)
+    count_tokens = spec.get("count_tokens", True)
+    hook = (lambda trainer: harness.count_batch_tokens(trainer, timer)) if count_tokens else None
+    if kind == "forge":
+        harness.forge_train(spec["overrides"], callbacks=(timer,), trainer_hook=hook)
+        info = dict(implementation="forge_trl")
     else:
-        import cProfile
+        from benchmarks import plain_trl
 
-        profiler = cProfile.Profile() if spec.get("profile") else None
-        timer = make_timer(cuda, profiler)
-        if kind == "forge":
-            info = bench_ppo.child_forge(dict(overrides=spec["overrides"]), timer)
-        else:
-            from perf_cases import plain_trl
+        info = plain_trl.train(spec, [timer], trainer_hook=hook)
+    info.update(timer.summary(spec["warmup"], count_tokens))
+    if profiler is not None:
+        import pstats
 
-            info = plain_trl.train(spec, [timer])
-        info.update(summarize(timer.step_ends, timer.tokens_at_end if spec.get("count_tokens", True) else [],
-                              spec["warmup"]))
-        if profiler is not None:
-            import pstats
-
-            info["forge_own_s"] = forge_own_seconds(pstats.Stats(profiler), len(timer.step_ends))
-            info["implementation"] += (f" under cProfile: forge's own work {info['forge_own_s'] * 1000:.2f} ms/step "
-                                       "(its step time is not compared)")
-        if spec.get("episodes_per_step"):  # PPO: report episodes/s instead of tokens/s
-            info.update(tokens_per_s=spec["episodes_per_step"] / info["median_step_s"], throughput_unit="episodes/s")
-        ends = timer.step_ends
-        span = ends[-1] - ends[-1 - info["timed_steps"]]
-        info.update(own_cores=(timer.own[-1] - timer.own[-1 - info["timed_steps"]]) / span,
-                    other_cores=max(0.0, (timer.busy[-1] - timer.busy[-1 - info["timed_steps"]])
-                                    - (timer.own[-1] - timer.own[-1 - info["timed_steps"]])) / span)
-    info["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    info["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else info["peak_rss"]
-    Path(spec["result"]).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        info["forge_own_s"] = forge_own_seconds(pstats.Stats(profiler), len(timer.samples))
+        info["implementation"] += (f" under cProfile: forge's own work {info['forge_own_s'] * 1000:.2f} ms/step "
+                                   "(its step time is not compared)")
+    if spec.get("episodes_per_step"):  # PPO: report episodes/s instead of tokens/s
+        info.update(tokens_per_s=spec["episodes_per_step"] / info["median_step_s"], throughput_unit="episodes/s")
+    if cuda:
+        info["peak_bytes"] = torch.cuda.max_memory_allocated()
+    return info
 
 
 def child_moe(spec: dict) -> dict:
-    """One bench_injections.py case in this process: median step time of forward + backward + AdamW."""
-    import torch
-
-    import bench_injections
-    from forge_trl.models.loading import load_tokenizer, resolve_source
+    """One bench_injections case in this process: median step time of forward + backward + AdamW."""
+    from benchmarks import bench_injections
+    from forge_trl.models.loading import resolve_source
 
     source = resolve_source(spec["model"])
-    vocab = len(load_tokenizer(source.tokenizer_path))
-    torch.manual_seed(0)
-    batch = torch.randint(0, vocab, (spec["batch"], spec["seq_len"]))
-    busy, own, started = bench_ppo.machine_busy_seconds(), bench_ppo.own_cpu_seconds(), time.perf_counter()
+    batch = bench_injections.random_batch(source, spec["batch"], spec["seq_len"])
+    start = harness.load_sample()
     seconds, trainable = bench_injections.time_case(source, bench_injections.CASES[spec["label"]], batch,
                                                     spec["steps"], spec["warmup"])
-    wall = time.perf_counter() - started
-    mine = bench_ppo.own_cpu_seconds() - own
     return dict(implementation=f"forge {spec['label']}", median_step_s=seconds, timed_steps=spec["steps"],
                 tokens_per_s=spec["batch"] * spec["seq_len"] / seconds, trainable=trainable,
-                own_cores=mine / wall, other_cores=max(0.0, bench_ppo.machine_busy_seconds() - busy - mine) / wall)
+                **harness.cores_between(start, harness.load_sample()))
 
 
 # ------------------------------------------------------------------------------------------------ preparation
@@ -352,6 +291,10 @@ class Bench:
     def precision(self) -> str:
         return "bf16" if self.cuda else "fp32"
 
+    @property
+    def dtype(self) -> str:
+        return "bfloat16" if self.cuda else "float32"
+
     # --- models and data ---------------------------------------------------------------------------------
     def model_dir(self) -> Path:
         """The base model directory of --size (built once per work dir)."""
@@ -359,9 +302,8 @@ class Bench:
             from forge_trl.models.tiny import ensure_tiny
 
             return ensure_tiny("forge-tiny")
-        target = self.workdir / f"{self.args.size}-base"
-        bench_ppo.build_qwen_base(target, ARCHS[self.args.size], vocab_size=QWEN3_VOCAB, bf16=self.cuda)
-        return target
+        return harness.build_random_qwen3(self.workdir / f"{self.args.size}-base", ARCHS[self.args.size],
+                                          vocab_size=QWEN3_VOCAB, bf16=self.cuda)
 
     def data_file(self, layout: str) -> Path:
         """Rows of a fixed size, so that both sides of a pair see the same real tokens per step. SFT rows are
@@ -391,7 +333,7 @@ class Bench:
         rows = []
         for _ in range(max(64, self.args.batch * (self.args.steps + self.args.warmup + 2))):
             if layout == "prompt_only":
-                rows.append({"prompt": text(seq - PPO_RESPONSE_TOKENS - 8)})
+                rows.append({"prompt": text(seq - bench_ppo.RESPONSE_TOKENS - 8)})
             elif layout == "sft":
                 rows.append({"prompt": text(seq * 3 // 8), "response": text(seq)})
             else:
@@ -402,58 +344,42 @@ class Bench:
 
     # --- runs --------------------------------------------------------------------------------------------
     def training_spec(self, task: str, name: str, data_file: Path, layout: str, extra_forge: tuple = (),
-                      steps: int | None = None) -> dict:
+                      **train_changes) -> dict:
+        """One training run for either side. `train` holds the settings both sides get (forge as overrides,
+        plain TRL as config fields), `extra_forge` forge-only overrides."""
+        from forge_trl.config import ForgeConfig
+
         a = self.args
-        train = dict(max_steps=(steps or a.steps) + a.warmup + 1, learning_rate=LEARNING_RATES[task], batch=a.batch,
-                     logging_steps=a.logging_steps, gradient_checkpointing=False, seed=42, max_length=a.seq_len)
-        forge_keys, trl_keys = TASK_SETTINGS[task]
+        train = dict(max_steps=a.steps + a.warmup + 1, learning_rate=task_learning_rate(task), batch=a.batch,
+                     max_length=a.seq_len, logging_steps=a.logging_steps, lr_scheduler_type="linear",
+                     warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=False,
+                     seed=harness.schema_default(ForgeConfig, "seed"), **train_changes)
         model = self.model_dir()
         out = self.workdir / "runs" / name
         overrides = [
-            f"task={task}", f"model.name_or_path={model}", f"precision={self.precision}",
-            f"model.dtype={'bfloat16' if self.cuda else 'float32'}", "data=jsonl", f"data.path={data_file}",
-            f"data.task={layout}", f"data.max_length={a.seq_len}", f"task.per_device_train_batch_size={a.batch}",
-            f"task.max_steps={train['max_steps']}", f"task.learning_rate={train['learning_rate']}",
-            "task.lr_scheduler_type=linear", "task.warmup_steps=0", "task.weight_decay=0.0", "task.max_grad_norm=1.0",
-            f"task.logging_steps={a.logging_steps}", "task.gradient_checkpointing=false", "injection=dense_lora",
-            f"injection.r={LORA['r']}", f"injection.alpha={LORA['alpha']}", f"injection.dropout={LORA['dropout']}",
-            f"injection.target_keywords=[{','.join(LORA['targets'])}]", "seed=42", f"output_dir={out}",
-            "overwrite=true", "plot=false", *forge_keys, *extra_forge,
+            f"task={task}", f"model.name_or_path={model}", f"precision={self.precision}", f"model.dtype={self.dtype}",
+            "data=jsonl", f"data.path={data_file}", f"data.layout={layout}", f"data.max_length={train['max_length']}",
+            f"task.per_device_train_batch_size={train['batch']}", "injection=dense_lora", f"seed={train['seed']}",
+            *(f"task.{key}={str(train[key]).lower()}" for key in
+              ("max_steps", "learning_rate", "logging_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
+               "max_grad_norm", "gradient_checkpointing")),
+            f"output_dir={out}", "overwrite=true", "plot=false", *extra_forge,
         ]
         return dict(task=task, warmup=a.warmup, overrides=overrides, model_dir=str(model), data_file=str(data_file),
-                    layout=layout, lora=LORA, train=train, task_args=trl_keys, precision=self.precision,
-                    output_dir=str(out))
+                    layout=layout, lora=harness.dense_lora_shape(), train=train, task_args=plain_task_args(task),
+                    precision=self.precision, output_dir=str(out))
 
     def measure(self, key: str, kind: str, spec: dict) -> dict:
-        """Run one child (once per key and invocation); wait for an idle machine first with --wait-idle."""
-        if key in self.results:
-            return self.results[key]
-        a = self.args
-        spec_dir = self.workdir / "specs"
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        spec_file, result_file = spec_dir / f"{key}.json", spec_dir / f"{key}.result.json"
-        spec_file.write_text(json.dumps(dict(spec, result=str(result_file)), indent=1), encoding="utf-8")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--spec", str(spec_file)]
-        result: dict = {}
-        for attempt in range(a.retries + 1 if a.wait_idle else 1):
-            result_file.unlink(missing_ok=True)
-            if a.wait_idle:
-                load = bench_ppo.wait_until_idle(a.max_wait)
-                if load >= bench_ppo.OTHER_LOAD_LIMIT:
-                    bench_ppo.log(f"the machine is still busy ({load:.1f} cores used by others); measuring anyway")
+        """Run one child (once per key and invocation); with --wait-idle, on an idle machine."""
+        if key not in self.results:
+            a = self.args
             try:
-                wall = bench_ppo.run_logged(cmd, self.workdir / "logs" / f"{key}.log", key)
-            except SystemExit as exc:  # run_logged exits with the log's tail; keep the other cases going
-                bench_ppo.log(str(exc))
-                result = dict(error=f"see {self.workdir / 'logs' / (key + '.log')}")
-                break
-            result = json.loads(result_file.read_text(encoding="utf-8"))
-            result.update(process_wall_s=wall, attempts=attempt + 1)
-            if result.get("other_cores", 0.0) < bench_ppo.OTHER_LOAD_LIMIT:
-                break
-            bench_ppo.log(f"{key}: other processes used {result['other_cores']:.2f} cores while timed")
-        self.results[key] = result
-        return result
+                self.results[key] = harness.run_child(MODULE, kind, spec, key, self.workdir, wait_idle=a.wait_idle,
+                                                      max_wait=a.max_wait, retries=a.retries)
+            except harness.RunFailed as exc:  # keep the other cases going
+                log(str(exc))
+                self.results[key] = dict(error=f"see {self.workdir / 'logs' / (key + '.log')}")
+        return self.results[key]
 
     def measure_pair(self, runs: list[tuple[str, str, dict]]) -> None:
         """Measure the runs of one comparison --repeats times, interleaved (A B A B ...): step times differ by up
@@ -484,7 +410,7 @@ class Bench:
 
     def train_pair(self, task: str) -> None:
         data = self.data_file(LAYOUTS[task])
-        spec = self.training_spec(task, f"{task}", data, LAYOUTS[task])
+        spec = self.training_spec(task, task, data, LAYOUTS[task])
         plain = dict(spec, output_dir=str(self.workdir / "runs" / f"plain-{task}"))
         self.measure_pair([(f"forge-{task}", "forge", spec), (f"plain-{task}", "plain", plain)])
         # Step times vary by up to ~10% between processes on a VM, which hides a 3% overhead; a profile of the
@@ -497,59 +423,59 @@ class Bench:
         if self.args.size == "tiny":
             self.notes.append("memory: on the tiny model torch's own ~0.5 GB dominates peak RSS; the DPO/SFT and "
                               "PPO/SFT ratios mean something from qwen3-0.6b on.")
-        for task in ("sft", "dpo"):
+        for task in ("sft", "dpo", "orpo"):
             data = self.data_file(LAYOUTS[task])
             self.measure(f"forge-{task}", "forge", self.training_spec(task, task, data, LAYOUTS[task]))
-        pairs = self.data_file(LAYOUTS["orpo"])
-        self.measure("forge-orpo", "forge", self.training_spec("orpo", "orpo", pairs, LAYOUTS["orpo"]))
         for task in ("dpo", "orpo"):
-            self.measure(f"forge-{task}-split", "forge", self.training_spec(task, f"{task}-split", pairs, LAYOUTS[task],
-                                                                            ("task.split_pairs=true",)))
+            data = self.data_file(LAYOUTS[task])
+            self.measure(f"forge-{task}-split", "forge",
+                         self.training_spec(task, f"{task}-split", data, LAYOUTS[task], ("task.split_pairs=true",)))
         # PPO needs an SFT adapter and a reward model on the same base: one forge step each (only shapes matter).
         logs = self.workdir / "logs"
-        base = self.model_dir()
-        dtype = "bfloat16" if self.cuda else "float32"
-        keys = [f"model.dtype={dtype}", f"precision={self.precision}", f"data.max_length={self.args.seq_len}",
+        keys = [f"model.dtype={self.dtype}", f"precision={self.precision}", f"data.max_length={self.args.seq_len}",
                 "task.max_steps=1", f"task.per_device_train_batch_size={self.args.batch}"]
-        sft = bench_ppo.forge_stage(["task=sft", f"model.name_or_path={base}", *keys], self.workdir / "ppo" / "sft",
-                                    logs)
-        rm = bench_ppo.forge_stage(["task=rm", f"model.name_or_path={sft}", *keys], self.workdir / "ppo" / "rm", logs)
+        sft = harness.forge_stage(["task=sft", f"model.name_or_path={self.model_dir()}", *keys],
+                                  self.workdir / "ppo" / "sft", logs)
+        rm = harness.forge_stage(["task=rm", f"model.name_or_path={sft}", *keys], self.workdir / "ppo" / "rm", logs)
         prompts = self.data_file("prompt_only")
         steps = max(2, min(self.args.steps, 3)) + 1  # PPO steps are long; the peak is reached in the first
         overrides = [
             "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}", *keys[:2],
-            "data=jsonl", f"data.path={prompts}", "data.task=prompt_only", f"data.max_length={self.args.seq_len}",
-            f"task.per_device_train_batch_size={self.args.batch}", f"task.response_length={PPO_RESPONSE_TOKENS}",
-            f"task.max_steps={steps}", "task.logging_steps=1", "task.gradient_checkpointing=false", "seed=42",
+            "data=jsonl", f"data.path={prompts}", "data.layout=prompt_only", f"data.max_length={self.args.seq_len}",
+            f"task.per_device_train_batch_size={self.args.batch}", f"task.response_length={bench_ppo.RESPONSE_TOKENS}",
+            f"task.max_steps={steps}", "task.logging_steps=1", "task.gradient_checkpointing=false",
             f"output_dir={self.workdir / 'runs' / 'ppo'}", "overwrite=true", "plot=false",
         ]
         self.measure("forge-ppo", "forge", dict(overrides=overrides, warmup=0, count_tokens=False,
                                                 episodes_per_step=self.args.batch))
 
     def case_ppo(self) -> None:
-        name = {"tiny": "tiny", "qwen3-0.6b": "qwen3-0.6b"}.get(self.args.size)
+        name = self.args.size if self.args.size in bench_ppo.CASES else None
         if name is None:
-            self.notes.append(f"ppo: bench_ppo.py has no {self.args.size} case; skipped.")
+            self.notes.append(f"ppo: bench_ppo has no {self.args.size} case; skipped.")
             return
         a = self.args
-        workdir = ROOT / "outputs" / "bench_ppo"
-        trl_python = bench_ppo.ensure_trl_venv(workdir)
+        workdir = harness.ROOT / "outputs" / "bench_ppo"
         steps = max(2, a.steps + 1) if name == "tiny" else bench_ppo.DEFAULT_BIG_STEPS
-        prepared = bench_ppo.prepare_case(name, workdir, steps)
+        try:
+            trl_python = bench_ppo.ensure_trl_venv(workdir)
+            prepared = bench_ppo.prepare_case(name, workdir, steps)
+        except harness.RunFailed as exc:
+            log(str(exc))
+            self.notes.append("ppo: preparing bench_ppo's case failed (see outputs/bench_ppo/logs)")
+            return
         for impl, python in (("forge", sys.executable), ("trl", str(trl_python))):
             try:
-                m = bench_ppo.measure(impl, python, prepared[impl], workdir, a.max_wait if a.wait_idle else 0,
-                                      a.retries if a.wait_idle else 0)
-            except SystemExit as exc:
-                bench_ppo.log(str(exc))
+                m = bench_ppo.measure(impl, python, prepared[impl], workdir, wait_idle=a.wait_idle,
+                                      max_wait=a.max_wait, retries=a.retries)
+            except harness.RunFailed as exc:
+                log(str(exc))
                 self.results[f"ppo-{impl}"] = dict(error="see outputs/bench_ppo/logs")
                 continue
             self.results[f"ppo-{impl}"] = dict(
-                implementation=f"{m['implementation']} PPO (bench_ppo {name})",
-                median_step_s=statistics.median(m["step_seconds"]), timed_steps=m["timed_steps"],
-                tokens_per_s=m["episodes_per_s"], throughput_unit="episodes/s", peak_rss=m["peak_rss"],
-                peak_bytes=m["peak_rss"], own_cores=m["own_cores"], other_cores=m["other_cores"])
-        self.notes.append("ppo: bench_ppo.py's own cases (tiny: batch 8; qwen3-0.6b: its tiny-vocabulary build, "
+                m, implementation=f"{m['implementation']} PPO (bench_ppo {name})", tokens_per_s=m["episodes_per_s"],
+                throughput_unit="episodes/s", peak_bytes=m["peak_rss"])
+        self.notes.append("ppo: bench_ppo's own cases (tiny: batch 8; qwen3-0.6b: its tiny-vocabulary build, "
                           "batch 2, 3 PPO steps); it measures peak RSS, also on CUDA machines.")
 
     def case_packing(self) -> None:
@@ -566,8 +492,8 @@ class Bench:
                           "cu_seq_lens.")
 
     def case_moe(self) -> None:
-        if self.args.size == "qwen3-1.7b":  # bench_injections.py steps on the CPU: too slow at this size
-            self.notes.append("moe: skipped at qwen3-1.7b (bench_injections.py runs on the CPU).")
+        if self.args.size == "qwen3-1.7b":  # bench_injections steps on the CPU: too slow at this size
+            self.notes.append("moe: skipped at qwen3-1.7b (bench_injections runs on the CPU).")
             return
         model = "forge-tiny" if self.args.size == "tiny" else str(self.model_dir())
         labels = {"moe-dense": "dense_lora", "moe-expert": "moe_expert_lora (8 experts, top-2)",
@@ -576,7 +502,7 @@ class Bench:
                                              steps=self.args.steps, warmup=self.args.warmup))
                            for key, label in labels.items()])
         if self.cuda:
-            self.notes.append("moe: bench_injections.py steps on the CPU, also on CUDA machines.")
+            self.notes.append("moe: bench_injections steps on the CPU, also on CUDA machines.")
 
     def case_gpu(self) -> None:
         if not self.cuda:
@@ -585,17 +511,14 @@ class Bench:
         import importlib.util
 
         data = self.data_file("sft")
-        variants = {"gpu-base": (), "gpu-gc": ("task.gradient_checkpointing=true",),
-                    "gpu-qlora": ("model.quantization=4bit",)}
+        variants = {"gpu-base": ((), {}), "gpu-gc": ((), dict(gradient_checkpointing=True)),
+                    "gpu-qlora": (("model.quantization=4bit",), {})}
         if importlib.util.find_spec("liger_kernel") is not None:
-            variants["gpu-liger"] = ("+task.trl_args.use_liger_kernel=true",)
+            variants["gpu-liger"] = (("+task.trl_args.use_liger_kernel=true",), {})
         else:
             self.notes.append("gpu: liger-kernel is not installed; Liger on/off skipped.")
-        for key, extra in variants.items():
-            spec = self.training_spec("sft", key, data, "sft", extra_forge=extra)
-            if key == "gpu-gc":
-                spec["train"]["gradient_checkpointing"] = True
-            self.measure(key, "forge", spec)
+        for key, (extra, train_changes) in variants.items():
+            self.measure(key, "forge", self.training_spec("sft", key, data, "sft", extra, **train_changes))
         if "gpu-liger" in variants:
             spec = self.training_spec("sft", "gpu-plain-liger", data, "sft")
             spec["task_args"] = dict(spec["task_args"], use_liger_kernel=True)
@@ -603,8 +526,8 @@ class Bench:
 
     def run(self, cases: list[str]) -> None:
         for case in cases:
-            bench_ppo.log(f"case {case}")
-            if case in ("sft", "dpo", "orpo", "rm"):
+            log(f"case {case}")
+            if case in TRAINING_TASKS:
                 self.train_pair(case)
             else:
                 getattr(self, f"case_{case}")()
@@ -623,16 +546,9 @@ def main() -> None:
                         "side reports the median (default: 5 for tiny, 1 otherwise)")
     parser.add_argument("--workdir", default="outputs/bench_perf")
     parser.add_argument("--json", help="write all runs and ratios to this file")
-    parser.add_argument("--wait-idle", action="store_true",
-                        help="wait for other processes to go idle before each run; repeat disturbed runs")
-    parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for idle (with --wait-idle)")
-    parser.add_argument("--retries", type=int, default=1, help="re-runs of a disturbed run (with --wait-idle)")
-    parser.add_argument("--child", choices=("forge", "plain", "moe"), help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        sys.path.insert(0, str(ROOT))
-        child_main(args.child, args.spec)
+    harness.add_idle_arguments(parser, optional=True)
+    args = harness.parse_args_or_run_child(parser, ("forge", "plain", "moe"), child)
+    if args is None:
         return
     for key, value in SIZE_DEFAULTS[args.size].items():
         if getattr(args, key) is None:
@@ -644,7 +560,6 @@ def main() -> None:
     if args.steps < 1:
         parser.error("--steps must be at least 1")
 
-    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
 
@@ -658,10 +573,11 @@ def main() -> None:
     bench.run(cases)
     ratios = compute_ratios(cases, bench.results, args.size)
 
+    lora = harness.dense_lora_shape()
     memory_label = "peak GPU memory (max_memory_allocated)" if cuda else "peak RSS"
-    print(bench_ppo.machine_line() + (f"; GPU {torch.cuda.get_device_name()}" if cuda else ""))
-    print(f"size {args.size}; batch {args.batch} x {args.seq_len} tokens; {bench.precision}; LoRA r={LORA['r']} "
-          f"alpha={LORA['alpha']} dropout={LORA['dropout']} on {','.join(LORA['targets'])}; no gradient "
+    print(harness.machine_line())
+    print(f"size {args.size}; batch {args.batch} x {args.seq_len} tokens; {bench.precision}; LoRA r={lora['r']} "
+          f"alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}; no gradient "
           f"checkpointing unless named; median of {args.steps} steps after {args.warmup} warm-up steps; "
           f"logging every {args.logging_steps} steps; date {time.strftime('%Y-%m-%d')}")
     print()

@@ -1,7 +1,7 @@
 """forge_trl's PPO (`task=ppo`) against TRL 0.29.1's `trl.experimental.ppo.PPOTrainer`, the last TRL release
 that shipped PPO: training speed and peak memory on the same policy, reward model, prompts and PPO settings.
 
-    FORGE_TRL_CACHE=/tmp/fcache python scripts/bench_ppo.py [--workdir outputs/bench_ppo]
+    FORGE_TRL_CACHE=/tmp/fcache python -m benchmarks.bench_ppo [--workdir outputs/bench_ppo]
         [--cases tiny qwen3-0.6b] [--steps 12] [--big-steps 3] [--max-wait 900] [--retries 1]
 
 Cases: `tiny` is the built-in forge-tiny model (batch 8, --steps PPO steps, the demo prompts); `qwen3-0.6b` is
@@ -21,8 +21,9 @@ Both sides start from the same forge SFT and reward-model checkpoints, built her
   its reference is the policy with the adapter disabled), the reward model is the merged RM, and the value
   model is a second copy of the merged RM (TRL trains the value model in full, even with `peft_config`).
 
-Same on both sides: batch (prompts per PPO step), response length, PPO epochs, 1 minibatch, learning rate,
-KL coefficient, temperature 1.0, EOS as the stop token, fp32, no gradient checkpointing (forge's default;
+Same on both sides: batch (prompts per PPO step), a 16-token response, and forge's defaults for the rest
+(read from PPOSettings, PPOTaskConfig and ForgeConfig: PPO epochs, minibatches, learning rate, KL coefficient,
+temperature, seed), EOS as the stop token, fp32, no gradient checkpointing (forge's default;
 TRL's config would default to it, and to bf16), the same prompts rendered with the chat template (the demo
 suite's prompt_only rows; for qwen3-0.6b one demo prompt repeated to about 112 tokens, 16 identical rows).
 
@@ -30,10 +31,10 @@ TRL 0.29.1 is installed with `pip install --no-deps` into its own virtualenv und
 main virtualenv's site-packages (torch, transformers, peft, accelerate, datasets) through a `.pth` file, so both
 sides run the same torch/transformers/peft; the child checks `trl.__version__`.
 
-Every measured run is its own subprocess (`--child forge|trl`), so each peak is that implementation's alone.
-Runs are sequential; before each, the script waits (up to --max-wait s) until other processes are idle, since
-on 2 cores a concurrent job slows torch's threads down many times over, and a run that other processes
-disturbed anyway (over 0.25 cores on average while timed) is repeated up to --retries times.
+Every measured run is its own subprocess (`--child forge|trl`, through benchmarks/harness.py), so each peak is
+that implementation's alone. Runs are sequential; before each, the harness waits (up to --max-wait s) until other
+processes are idle, since on 2 cores a concurrent job slows torch's threads down many times over, and a run that
+other processes disturbed anyway (over 0.25 cores on average while timed) is repeated up to --retries times.
 
 What the numbers mean
 ---------------------
@@ -41,34 +42,28 @@ What the numbers mean
   the end of PPO step i (a TrainerCallback's `on_step_end`). The first step (warm-up) and everything before it
   (imports, model loading, data preparation) are excluded; each step is a rollout (generate, score, reference,
   values) plus `num_ppo_epochs` optimizer updates.
-- peak RSS: `getrusage(RUSAGE_SELF).ru_maxrss` of the child at exit: the process's high-water mark over its
+- peak RSS: the child's `ru_maxrss`, read when the harness reaps it: the process's high-water mark over its
   whole life, model loading included.
 - CPU cores used while timed: this process's CPU seconds / wall seconds over the timed steps, and the same for
   every other process on the machine (from /proc/stat); "other" near 0 means the timing is undisturbed.
 - speed ratio = forge episodes/s / TRL episodes/s (above 1: forge is faster);
   memory ratio = forge peak RSS / TRL peak RSS (below 1: forge uses less).
 """
-
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import harness
+from benchmarks.harness import GIB, log
+
+MODULE = "benchmarks.bench_ppo"
 TRL_VERSION = "0.29.1"
-LORA = dict(r=16, alpha=32, dropout=0.05,
-            targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-# PPO settings shared by both implementations (forge's task=ppo defaults, set explicitly on TRL's side).
-PPO = dict(response_length=16, num_ppo_epochs=4, num_mini_batches=1, learning_rate=1e-5, kl_coef=0.1,
-           temperature=1.0, seed=42)
+RESPONSE_TOKENS = 16  # shorter than forge's default response_length, so that the tiny runs stay short
 # Qwen3-0.6B's architecture (random init), with the tiny model's small vocabulary.
 QWEN3_0_6B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                   head_dim=128, intermediate_size=3072, max_position_embeddings=512, rms_norm_eps=1e-6,
@@ -79,69 +74,22 @@ CASES = {
     "qwen3-0.6b": dict(batch=2, steps=3, prompt_tokens=112),
 }
 DEFAULT_BIG_STEPS = CASES["qwen3-0.6b"]["steps"]
-GIB = 1024 ** 3
-OTHER_LOAD_LIMIT = 0.25  # cores used by other processes above which a timing counts as disturbed
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes on this machine have used since boot (user, system, irq; not idle or iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def ppo_settings() -> dict:
+    """The PPO settings both implementations get: forge's defaults, read from its schemas, and a 16-token response."""
+    from forge_trl.config import ForgeConfig
+    from forge_trl.rl.ppo_settings import PPOSettings
+    from forge_trl.tasks.ppo import PPOTaskConfig
+
+    ppo = PPOSettings()
+    return dict(response_length=RESPONSE_TOKENS, num_ppo_epochs=ppo.num_ppo_epochs,
+                num_mini_batches=ppo.num_mini_batches,
+                learning_rate=harness.schema_default(PPOTaskConfig, "learning_rate"), kl_coef=ppo.kl_coef,
+                temperature=ppo.temperature, seed=harness.schema_default(ForgeConfig, "seed"))
 
 
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.1, window_s: float = 5.0) -> float:
-    """Wait until other processes use less than `threshold_cores` cores (the machine may be shared, and a
-    concurrent job distorts timings badly on 2 cores). Returns the load seen last, in cores."""
-    deadline = time.monotonic() + max_wait_s
-    warned = False
-    while True:
-        busy = machine_busy_seconds()
-        time.sleep(window_s)
-        load = (machine_busy_seconds() - busy) / window_s
-        if load < threshold_cores or time.monotonic() > deadline:
-            return load
-        if not warned:
-            log(f"other processes use {load:.1f} cores; waiting (up to {max_wait_s:.0f}s) for an idle machine")
-            warned = True
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
-    """Run `cmd` with its output in `log_path`; exit with the log's tail if it fails. Returns the wall time."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log(f"{what}: {' '.join(str(c) for c in cmd)}  (log: {log_path})")
-    started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    elapsed = time.perf_counter() - started
-    if code != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-60:]
-        sys.exit(f"{what} failed (exit {code}); last lines of {log_path}:\n" + "\n".join(tail))
-    log(f"{what}: done in {elapsed:.0f}s")
-    return elapsed
-
-
-def forge_stage(overrides: list[str], output_dir: Path, logs: Path) -> Path:
-    """One forge run (`python -m forge_trl ...`); reuses an existing final/ from an earlier run of this script."""
-    final = output_dir / "final"
-    if (final / "forge_run.json").is_file():
-        log(f"reusing {final}")
-        return final
-    cmd = [sys.executable, "-m", "forge_trl", *overrides, f"output_dir={output_dir}", "overwrite=true", "plot=false"]
-    run_logged(cmd, logs / f"{output_dir.parent.name}-{output_dir.name}.log", f"forge {overrides[0]}")
-    return final
-
-
+# ------------------------------------------------------------------------------------------------ preparation
 def ensure_trl_venv(workdir: Path) -> Path:
     """A virtualenv with TRL 0.29.1 only; everything else comes from the main venv's site-packages."""
     venv = workdir / "trl-venv"
@@ -149,10 +97,9 @@ def ensure_trl_venv(workdir: Path) -> Path:
     if not python.exists():
         log(f"creating {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    main_site = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip()
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site, main_site = (subprocess.run([str(exe), "-c", purelib], check=True, capture_output=True,
+                                      text=True).stdout.strip() for exe in (python, sys.executable))
     # Appended after the venv's own site-packages, so the venv's trl shadows the main venv's trl 1.x.
     Path(site, "main_venv_site_packages.pth").write_text(main_site + "\n", encoding="utf-8")
     probe = "import trl; print(trl.__version__, trl.__file__)"
@@ -173,12 +120,7 @@ def export_merged(checkpoint: Path, target: Path, head: str) -> None:
     from forge_trl.models.loading import load_for_inference
 
     model, tokenizer, _ = load_for_inference(str(checkpoint), head=head)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
-    del model
+    harness.save_model_dir(model.to(torch.float32), tokenizer, target)
 
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -188,33 +130,6 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def build_qwen_base(target: Path, arch: dict | None = None, vocab_size: int | None = None,
-                    bf16: bool = False) -> None:
-    """A random-init Qwen3 (Qwen3-0.6B's architecture unless `arch` says otherwise) with the tiny tokenizer's
-    token ids, saved as a model directory. `vocab_size`: the embedding size (default: the tiny tokenizer's)."""
-    if (target / "config.json").is_file():
-        return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from forge_trl.models.loading import load_tokenizer, resolve_source
-
-    tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    config = AutoConfig.for_model("qwen3", vocab_size=vocab_size or len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **(arch or QWEN3_0_6B))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if bf16 else torch.float32)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
-    log(f"built {target}: {sum(p.numel() for p in model.parameters()):,} parameters")
-
-
-# ------------------------------------------------------------------------------------------------ cases
 def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     """Forge SFT + RM checkpoints, their merged exports for TRL, and the prompt file(s). Returns both specs."""
     from forge_trl.data.demo_suite import ensure_demo_suite
@@ -225,15 +140,14 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     here = workdir / name
     logs = workdir / "logs"
     if name == "tiny":
-        sft = forge_stage(["task=sft", "task.max_steps=20", "task.learning_rate=1e-3"], here / "sft", logs)
-        rm = forge_stage(["task=rm", f"model.name_or_path={sft}", "task.max_steps=20"], here / "rm", logs)
+        sft = harness.forge_stage(["task=sft", "task.max_steps=20", "task.learning_rate=1e-3"], here / "sft", logs)
+        rm = harness.forge_stage(["task=rm", f"model.name_or_path={sft}", "task.max_steps=20"], here / "rm", logs)
     else:
-        base = here / "base"
-        build_qwen_base(base)
+        base = harness.build_random_qwen3(here / "base", QWEN3_0_6B)
         model_keys = [f"model.name_or_path={base}", "model.dtype=float32"]
-        sft = forge_stage(["task=sft", "task.max_steps=1", *model_keys], here / "sft", logs)
-        rm = forge_stage(["task=rm", f"model.name_or_path={sft}", "model.dtype=float32", "task.max_steps=1"],
-                         here / "rm", logs)
+        sft = harness.forge_stage(["task=sft", "task.max_steps=1", *model_keys], here / "sft", logs)
+        rm = harness.forge_stage(["task=rm", f"model.name_or_path={sft}", "model.dtype=float32", "task.max_steps=1"],
+                                 here / "rm", logs)
     policy_dir, rm_dir = here / "merged_policy", here / "merged_rm"
     export_merged(sft, policy_dir, "causal_lm")
     export_merged(rm, rm_dir, "seq_cls")
@@ -251,88 +165,41 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
         texts = [" ".join([unit] * repeats)] * 16
         prompt_file = here / "prompts.jsonl"
         prompt_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
-        data_overrides = ["data=jsonl", f"data.path={prompt_file}", "data.task=prompt_only"]
+        data_overrides = ["data=jsonl", f"data.path={prompt_file}", "data.layout=prompt_only"]
     prompt_ids = [chat_prompt_ids(tokenizer, t) for t in texts]
     ids_file = here / "prompt_ids.json"
     ids_file.write_text(json.dumps(prompt_ids), encoding="utf-8")
     lengths = sorted(len(ids) for ids in prompt_ids)
 
     steps = case["steps"] or steps
-    common = dict(case=name, batch=case["batch"], steps=steps, **PPO)
+    ppo = ppo_settings()
+    common = dict(case=name, batch=case["batch"], steps=steps, **ppo)
     forge_spec = dict(common, overrides=[
         "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}",
         *(["model.dtype=float32"] if name != "tiny" else []), *data_overrides,
-        f"task.per_device_train_batch_size={case['batch']}", f"task.response_length={PPO['response_length']}",
-        f"task.num_ppo_epochs={PPO['num_ppo_epochs']}", f"task.num_mini_batches={PPO['num_mini_batches']}",
-        f"task.learning_rate={PPO['learning_rate']}", f"task.kl_coef={PPO['kl_coef']}",
-        f"task.temperature={PPO['temperature']}", f"task.max_steps={steps}", f"seed={PPO['seed']}",
+        f"task.per_device_train_batch_size={case['batch']}", f"task.max_steps={steps}", f"seed={ppo['seed']}",
+        *(f"task.{key}={value}" for key, value in ppo.items() if key != "seed"),
         "task.logging_steps=1", "task.gradient_checkpointing=false",
         f"output_dir={here / 'forge_ppo'}", "overwrite=true", "plot=false",
     ])
     trl_spec = dict(common, policy=str(policy_dir), reward=str(rm_dir), prompt_ids=str(ids_file),
-                    output_dir=str(here / "trl_ppo"), lora=LORA)
+                    output_dir=str(here / "trl_ppo"), lora=harness.dense_lora_shape())
     return dict(forge=forge_spec, trl=trl_spec, prompt_lengths=(lengths[0], lengths[-1]), steps=steps)
 
 
-def measure(impl: str, python: str, spec: dict, workdir: Path, max_wait: float, retries: int) -> dict:
-    """Run one implementation in its own process; returns its result JSON (timings and peak RSS).
-
-    The machine may be shared: each run waits for other processes to go idle first, and a run during which
-    they used more than OTHER_LOAD_LIMIT cores on average is repeated (up to `retries` times)."""
-    spec_file = workdir / spec["case"] / f"{impl}_spec.json"
-    result_file = workdir / spec["case"] / f"{impl}_result.json"
-    spec_file.write_text(json.dumps(dict(spec, result=str(result_file)), indent=1), encoding="utf-8")
-    cmd = [python, str(Path(__file__).resolve()), "--child", impl, "--spec", str(spec_file)]
-    for attempt in range(retries + 1):
-        result_file.unlink(missing_ok=True)
-        load = wait_until_idle(max_wait)
-        if load >= OTHER_LOAD_LIMIT:
-            log(f"the machine is still busy ({load:.1f} cores used by other processes); measuring anyway")
-        wall = run_logged(cmd, workdir / "logs" / f"{spec['case']}-{impl}-ppo.log", f"{spec['case']} {impl} PPO")
-        result = json.loads(result_file.read_text(encoding="utf-8"))
-        result.update(process_wall_s=wall, attempts=attempt + 1)
-        if result["other_cores"] < OTHER_LOAD_LIMIT:
-            break
-        log(f"other processes used {result['other_cores']:.2f} cores during the timed steps"
-            + ("; measuring again" if attempt < retries else "; keeping this result"))
+def measure(impl: str, python: str, spec: dict, workdir: Path, wait_idle: bool = True, max_wait: float = 900,
+            retries: int = 1) -> dict:
+    """Run one implementation in its own process (harness.run_child); its timings, episodes/s and peak RSS."""
+    result = harness.run_child(MODULE, impl, spec, f"{spec['case']}-{impl}-ppo", workdir, python=python,
+                               wait_idle=wait_idle, max_wait=max_wait, retries=retries)
+    result["episodes_per_s"] = spec["batch"] * result["timed_steps"] / result["timed_s"]
     return result
 
 
 # ------------------------------------------------------------------------------------------------ children
-def step_timer():
-    """A TrainerCallback recording the end of every PPO step: wall clock, the machine's and this process's CPU
-    seconds."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.step_ends: list[float] = []
-            self.busy: list[float] = []  # machine-wide CPU seconds at each step end
-            self.own: list[float] = []  # this process's CPU seconds at each step end
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.step_ends.append(time.perf_counter())
-            self.busy.append(machine_busy_seconds())
-            self.own.append(own_cpu_seconds())
-
-    return StepTimer()
-
-
 def child_forge(spec: dict, timer) -> dict:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    sys.path.insert(0, str(ROOT))
-    import logging
-
-    import torch
-
-    from forge_trl.commands.compose import compose
-from forge_trl.commands.console import quiet_third_party_logs
-    from forge_trl.train import run
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    quiet_third_party_logs()
-    run(compose(spec["overrides"]), extra_callbacks=(timer,))
-    return dict(implementation="forge_trl", torch=torch.__version__, threads=torch.get_num_threads())
+    harness.forge_train(spec["overrides"], callbacks=(timer,))
+    return dict(implementation="forge_trl")
 
 
 def child_trl(spec: dict, timer) -> dict:
@@ -367,68 +234,37 @@ def child_trl(spec: dict, timer) -> dict:
         train_dataset=prompts, value_model=value, peft_config=peft_config, callbacks=[timer],
     )
     trainer.train()
-    return dict(implementation=f"TRL {trl.__version__}", torch=torch.__version__, threads=torch.get_num_threads())
+    return dict(implementation=f"TRL {trl.__version__}")
 
 
-def child_main(impl: str, spec_file: str) -> None:
-    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
-    timer = step_timer()
+def child(impl: str, spec: dict) -> dict:
+    """One PPO run; every step but the first is timed."""
+    timer = harness.step_timer()
     info = (child_forge if impl == "forge" else child_trl)(spec, timer)
-    ends = timer.step_ends
-    if len(ends) != spec["steps"]:
-        raise SystemExit(f"expected {spec['steps']} PPO steps, the callback saw {len(ends)}")
-    timed = len(ends) - 1
-    info.update(
-        steps=len(ends), timed_steps=timed, batch=spec["batch"],
-        step_seconds=[b - a for a, b in zip(ends, ends[1:])],
-        episodes_per_s=spec["batch"] * timed / (ends[-1] - ends[0]) if timed else float("nan"),
-        # Cores used by this process and by everything else on the machine during the timed steps.
-        own_cores=(timer.own[-1] - timer.own[0]) / (ends[-1] - ends[0]),
-        other_cores=max(0.0, (timer.busy[-1] - timer.busy[0]) - (timer.own[-1] - timer.own[0])) / (ends[-1] - ends[0]),
-        peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # ru_maxrss is in KiB on Linux
-    )
-    Path(spec["result"]).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    if len(timer.samples) != spec["steps"]:
+        raise SystemExit(f"expected {spec['steps']} PPO steps, the callback saw {len(timer.samples)}")
+    info.update(timer.summary(warmup=0, count_tokens=False), steps=len(timer.samples), batch=spec["batch"])
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ report
-def machine_line() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"machine: {cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
-            f"torch {torch.__version__}; {platform.platform()}; Python {platform.python_version()}")
-
-
-def print_report(results: dict, notes: list[str]) -> None:
-    print("| case | implementation | PPO steps (timed) | batch | prompt tokens | episodes/s | peak RSS (GiB) "
-          "| CPU cores used while timed: own / other processes |")
-    print("|---|---|---|---|---|---|---|---|")
+def report(results: dict) -> str:
+    rows = []
     for case, r in results.items():
         lo, hi = r["prompt_lengths"]
-        tokens = f"{lo}" if lo == hi else f"{lo}-{hi}"
         for impl in ("forge", "trl"):
             m = r[impl]
-            print(f"| {case} | {m['implementation']} | {m['steps']} ({m['timed_steps']}) | {m['batch']} | {tokens} "
-                  f"| {m['episodes_per_s']:.3f} | {m['peak_rss'] / GIB:.2f} "
-                  f"| {m['own_cores']:.2f} / {m['other_cores']:.2f} |")
-    print()
-    print("| case | speed ratio (forge eps/s ÷ TRL eps/s) | memory ratio (forge peak ÷ TRL peak) |")
-    print("|---|---|---|")
-    for case, r in results.items():
-        speed = r["forge"]["episodes_per_s"] / r["trl"]["episodes_per_s"]
-        memory = r["forge"]["peak_rss"] / r["trl"]["peak_rss"]
-        print(f"| {case} | {speed:.2f}x | {memory:.2f}x |")
-    if notes:
-        print()
-    for note in notes:
-        print(f"- {note}")
+            rows.append((case, m["implementation"], f"{m['steps']} ({m['timed_steps']})", m["batch"],
+                         f"{lo}" if lo == hi else f"{lo}-{hi}", f"{m['episodes_per_s']:.3f}",
+                         f"{m['peak_rss'] / GIB:.2f}", f"{m['own_cores']:.2f} / {m['other_cores']:.2f}"))
+    runs = harness.markdown_table(("case", "implementation", "PPO steps (timed)", "batch", "prompt tokens",
+                                   "episodes/s", "peak RSS (GiB)",
+                                   "CPU cores used while timed: own / other processes"), rows)
+    ratios = harness.markdown_table(
+        ("case", "speed ratio (forge eps/s ÷ TRL eps/s)", "memory ratio (forge peak ÷ TRL peak)"),
+        [(case, f"{r['forge']['episodes_per_s'] / r['trl']['episodes_per_s']:.2f}x",
+          f"{r['forge']['peak_rss'] / r['trl']['peak_rss']:.2f}x") for case, r in results.items()])
+    return f"{runs}\n\n{ratios}"
 
 
 def main() -> None:
@@ -439,49 +275,49 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="PPO steps of the tiny case (at least 2)")
     parser.add_argument("--big-steps", type=int, default=DEFAULT_BIG_STEPS,
                         help="PPO steps of the qwen3-0.6b case (at least 2)")
-    parser.add_argument("--max-wait", type=float, default=900,
-                        help="seconds to wait for other processes to go idle before each measured run")
-    parser.add_argument("--retries", type=int, default=1,
-                        help="measure again when other processes disturbed the timed steps (this many times)")
-    parser.add_argument("--child", choices=("forge", "trl"), help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child_main(args.child, args.spec)
+    harness.add_idle_arguments(parser, optional=False)
+    args = harness.parse_args_or_run_child(parser, ("forge", "trl"), child)
+    if args is None:
         return
     if args.steps < 2 or args.big_steps < 2:
         parser.error("--steps and --big-steps must be at least 2 (the first step is not timed)")
     CASES["qwen3-0.6b"]["steps"] = args.big_steps
 
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     started = time.perf_counter()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    trl_python = ensure_trl_venv(workdir)
-
-    results, notes = {}, []
-    for name in args.cases:
-        prepared = prepare_case(name, workdir, args.steps)
-        runs = {impl: measure(impl, python, prepared[impl], workdir, args.max_wait, args.retries)
-                for impl, python in (("forge", sys.executable), ("trl", str(trl_python)))}
-        results[name] = dict(prompt_lengths=prepared["prompt_lengths"], **runs)
-        for m in runs.values():
-            per_step = ", ".join(f"{t:.1f}" for t in m["step_seconds"])
-            notes.append(f"{name} / {m['implementation']}: process wall {m['process_wall_s']:.0f}s, seconds per "
-                         f"timed step {per_step}"
-                         + (f"; measured {m['attempts']} times, the last kept" if m["attempts"] > 1 else ""))
+    try:
+        trl_python = ensure_trl_venv(workdir)
+        results, notes = {}, []
+        for name in args.cases:
+            prepared = prepare_case(name, workdir, args.steps)
+            runs = {impl: measure(impl, python, prepared[impl], workdir, max_wait=args.max_wait, retries=args.retries)
+                    for impl, python in (("forge", sys.executable), ("trl", str(trl_python)))}
+            results[name] = dict(prompt_lengths=prepared["prompt_lengths"], **runs)
+            for m in runs.values():
+                per_step = ", ".join(f"{t:.1f}" for t in m["step_seconds"])
+                notes.append(f"{name} / {m['implementation']}: process wall {m['process_wall_s']:.0f}s, seconds per "
+                             f"timed step {per_step}"
+                             + (f"; measured {m['attempts']} times, the last kept" if m["attempts"] > 1 else ""))
+    except harness.RunFailed as exc:
+        sys.exit(str(exc))
     (workdir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     if "qwen3-0.6b" in args.cases and args.big_steps != DEFAULT_BIG_STEPS:
         notes.append(f"qwen3-0.6b ran {args.big_steps} PPO steps instead of the default {DEFAULT_BIG_STEPS}.")
 
-    print(machine_line())
-    print(f"settings: {json.dumps(PPO)}; LoRA r={LORA['r']} alpha={LORA['alpha']} dropout={LORA['dropout']} on "
-          f"{','.join(LORA['targets'])}; fp32; no gradient checkpointing")
+    lora = harness.dense_lora_shape()
+    print(harness.machine_line())
+    print(f"settings: {json.dumps(ppo_settings())}; LoRA r={lora['r']} alpha={lora['alpha']} "
+          f"dropout={lora['dropout']} on {','.join(lora['targets'])}; fp32; no gradient checkpointing")
     print()
-    print_report(results, notes)
-    print(f"\ntotal runtime of this script: {time.perf_counter() - started:.0f}s "
+    print(report(results))
+    if notes:
+        print()
+    for note in notes:
+        print(f"- {note}")
+    print(f"\ntotal runtime: {time.perf_counter() - started:.0f}s "
           f"(results in {workdir / 'results.json'}, logs in {workdir / 'logs'})")
+
 
 if __name__ == "__main__":
     main()

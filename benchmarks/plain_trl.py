@@ -1,9 +1,9 @@
-"""The plain TRL + PEFT script that forge_trl's overhead is measured against (scripts/bench_perf.py).
+"""The plain TRL + PEFT script that forge_trl's overhead is measured against (`python -m benchmarks.bench_perf`).
 
 It is what a user would write without forge_trl: read the JSONL rows, turn them into TRL's conversational
 columns, load the model with transformers, hand TRL a `peft.LoraConfig` and train. Nothing here imports forge_trl;
-the harness passes the same model directory, rows, batch, LoRA shape, precision and optimizer settings that it
-passes to the forge run it is compared with.
+bench_perf passes the same model directory, rows, batch, LoRA shape, precision, optimizer settings and task
+settings that it passes to the forge run it is compared with.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def trl_classes(task: str):
     raise ValueError(f"no plain TRL script for task {task!r}")
 
 
-def train(spec: dict, callbacks: list) -> dict:
-    """Train `spec["task"]` for `spec["max_steps"]` steps with plain TRL; returns a description of the run."""
+def train(spec: dict, callbacks: list, trainer_hook=None) -> dict:
+    """Train `spec["task"]` for `spec["train"]["max_steps"]` steps with plain TRL; returns a description of the run.
+    `trainer_hook` is called with the trainer before training, as forge_trl.train.run does."""
     import torch
     import trl
     from datasets import Dataset
@@ -77,12 +78,14 @@ def train(spec: dict, callbacks: list) -> dict:
     config = config_cls(
         output_dir=spec["output_dir"], max_steps=t["max_steps"], learning_rate=t["learning_rate"],
         per_device_train_batch_size=t["batch"], gradient_accumulation_steps=1, logging_steps=t["logging_steps"],
-        lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-        gradient_checkpointing=t["gradient_checkpointing"], bf16=bf16, fp16=False, seed=t["seed"],
-        data_seed=t["seed"], save_strategy="no", report_to="none", max_length=t["max_length"],
+        lr_scheduler_type=t["lr_scheduler_type"], warmup_steps=t["warmup_steps"], max_grad_norm=t["max_grad_norm"],
+        weight_decay=t["weight_decay"], gradient_checkpointing=t["gradient_checkpointing"], bf16=bf16, fp16=False,
+        seed=t["seed"], data_seed=t["seed"], save_strategy="no", report_to="none", max_length=t["max_length"],
         **spec["task_args"],
     )
     trainer = trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=callbacks)
+    if trainer_hook is not None:
+        trainer_hook(trainer)
     trainer.train()
     return dict(implementation=f"plain TRL {trl.__version__} + PEFT")

@@ -1,11 +1,12 @@
 """Path C on the demo suite: pretrain -> SFT -> RM -> PPO, then held-out RM score, KL and checker accuracy.
 
-    python scripts/ppo_pipeline.py [--out outputs/ppo_pipeline] [--base <pretrained final/>] [--ppo-epochs 3]
+    python -m benchmarks.ppo_pipeline [--out outputs/ppo_pipeline] [--base <pretrained final/>] [--ppo-epochs 3]
 
-Every stage is an ordinary forge run (the commands are printed). The table compares the SFT policy with the
-PPO policy on the held-out prompts, for greedy and for sampled (temperature 1) responses: the mean
-reward-model score, the checker accuracy, the response length, and the policy's KL to the SFT policy (sum over
-response tokens of log pi - log pi_sft on the policy's own responses, averaged; what PPO penalises).
+Every stage is an ordinary forge run on the demo recipe (conf/recipe/demo.yaml, as `make pipelines` trains it;
+the commands are printed); --ppo-epochs and --ppo-lr change the PPO stage's. The table compares the SFT policy with the PPO policy on the held-out prompts, for greedy and for sampled (temperature 1)
+responses: the mean reward-model score, the checker accuracy, the response length, and the policy's KL to the SFT
+policy (sum over response tokens of log pi - log pi_sft on the policy's own responses, averaged; what PPO
+penalises).
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness
 
 
 def sequence_logps(model, tokenizer, prompts: list[str], responses: list[str]) -> list[float]:
@@ -44,31 +44,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/ppo_pipeline")
     parser.add_argument("--base", default=None, help="a pretrained final/ to start from (default: pretrain here)")
-    parser.add_argument("--ppo-epochs", type=float, default=3)
-    parser.add_argument("--ppo-lr", type=float, default=5e-5)
+    parser.add_argument("--ppo-epochs", type=float, help="PPO epochs (default: the demo recipe's)")
+    parser.add_argument("--ppo-lr", type=float, help="PPO learning rate (default: the demo recipe's)")
     args = parser.parse_args()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     from forge_trl.bench.metrics import generate, reward_scores
     from forge_trl.commands.console import quiet_third_party_logs
+    from forge_trl.commands.demo import run_stage
     from forge_trl.data.demo_suite import check_answer, ensure_demo_suite
     from forge_trl.data.rows import read_rows
-    from forge_trl.commands.demo import STAGES, run_stage
     from forge_trl.models.loading import load_for_inference
     from forge_trl.rl.reward import load_reward_model
 
     quiet_third_party_logs()
     out = Path(args.out)
     started = time.time()
-    base = Path(args.base) if args.base else run_stage("pretrain", dict(STAGES)["pretrain"], out, None)
-    sft = run_stage("sft", dict(STAGES)["sft"], out, base)
-    rm = run_stage("rm", ["task=rm", "data=demo_preference", "task.num_train_epochs=2", "task.learning_rate=1e-4",
-                          "task.per_device_train_batch_size=8"], out, sft)
-    ppo = run_stage("ppo", [
-        "task=ppo", f"task.reward_model.checkpoint_path={rm}", f"task.num_train_epochs={args.ppo_epochs}",
-        f"task.learning_rate={args.ppo_lr}", "task.per_device_train_batch_size=16", "task.response_length=16",
-        "task.kl_coef=0.1", "task.logging_steps=5",
-    ], out, sft)
+    base = Path(args.base) if args.base else run_stage("pretrain", harness.demo_stage_overrides("pretrain"), out, None)
+    sft = run_stage("sft", harness.demo_stage_overrides("sft"), out, base)
+    rm = run_stage("rm", harness.demo_stage_overrides("rm"), out, sft)
+    ppo_changes = [*([f"task.num_train_epochs={args.ppo_epochs}"] if args.ppo_epochs else []),
+                   *([f"task.learning_rate={args.ppo_lr}"] if args.ppo_lr else [])]
+    ppo = run_stage("ppo", harness.demo_stage_overrides("ppo", f"task.reward_model.checkpoint_path={rm}", *ppo_changes),
+                    out, sft)
     trained = time.time() - started
 
     rows = [r.data for r in read_rows(ensure_demo_suite()["sft_heldout"])]
@@ -90,17 +88,18 @@ def main() -> None:
                 "decoding": decoding, "policy": name,
                 "rm_score": sum(scores) / len(scores),
                 "checker": sum(check_answer(r, row["answer"]) for r, row in zip(responses, eval_rows)) / len(eval_rows),
-                "length": sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses) / len(responses),
+                "length": sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+                / len(responses),
                 "kl_to_sft": sum(kl) / len(kl),
                 "example": f"{eval_prompts[1]!r} -> {responses[1]!r}",
             })
 
     print(f"\nHeld-out prompts: {len(prompts)}; training {trained:.0f} s\n")
-    print("| decoding | policy | mean RM score | checker accuracy | response tokens | KL to SFT (nats/response) | example |")
-    print("|---|---|---|---|---|---|---|")
-    for row in table:
-        print(f"| {row['decoding']} | {row['policy']} | {row['rm_score']:.3f} | {row['checker']:.1%} | "
-              f"{row['length']:.1f} | {row['kl_to_sft']:.3f} | {row['example']} |")
+    print(harness.markdown_table(
+        ("decoding", "policy", "mean RM score", "checker accuracy", "response tokens", "KL to SFT (nats/response)",
+         "example"),
+        [(row["decoding"], row["policy"], f"{row['rm_score']:.3f}", f"{row['checker']:.1%}", f"{row['length']:.1f}",
+          f"{row['kl_to_sft']:.3f}", row["example"]) for row in table]))
     (out / "ppo_pipeline_summary.json").write_text(json.dumps(table, indent=2))
 
 

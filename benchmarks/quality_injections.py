@@ -10,7 +10,9 @@ All strategies start from the same briefly pretrained tiny base (the demo's pret
 present), train on the same rows with the same recipe and a similar number of trainable parameters, and are
 scored on held-out items by exact match of the styled answer under greedy decoding.
 
-    python scripts/quality_injections.py [--out outputs/quality] [--epochs 3] [--seeds 0 1]
+    python -m benchmarks.quality_injections [--out outputs/quality] [--epochs 3] [--seeds 0 1]
+
+SFT follows the demo recipe (conf/recipe/demo.yaml: learning rate, batch) for --epochs epochs.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness
 
 STYLES = {
     "add": "The sum is {}.",
@@ -56,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/quality")
     parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the demo recipe's SFT rate)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -64,8 +65,8 @@ def main() -> None:
 
     from forge_trl.bench.metrics import generate
     from forge_trl.commands.console import quiet_third_party_logs
+    from forge_trl.commands.demo import run_stage
     from forge_trl.data.demo_suite import ensure_demo_suite
-    from forge_trl.commands.demo import STAGES, run_stage
     from forge_trl.models.loading import load_for_inference
 
     quiet_third_party_logs()
@@ -73,7 +74,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = out / "pretrain" / "final"
     if not base.exists():
-        run_stage("pretrain", dict(STAGES)["pretrain"], out, None)
+        run_stage("pretrain", harness.demo_stage_overrides("pretrain"), out, None)
     files = ensure_demo_suite()
     train_rows = styled_rows(files["sft"])
     heldout = styled_rows(files["sft_heldout"])
@@ -84,13 +85,12 @@ def main() -> None:
         for name, overrides in STRATEGIES.items():
             started = time.time()
             final = run_stage(f"{name}-seed{seed}", [
-                "task=sft", f"data.path={train_file}", f"task.num_train_epochs={args.epochs}",
-                f"task.learning_rate={args.lr}", "task.per_device_train_batch_size=8", f"seed={seed}", *overrides,
+                *harness.demo_stage_overrides("sft", f"data.path={train_file}", f"task.num_train_epochs={args.epochs}"),
+                *([f"task.learning_rate={args.lr}"] if args.lr else []), f"seed={seed}", *overrides,
             ], out, base)
             seconds = time.time() - started
-            info = json.loads((final / "forge_run.json").read_text())
-            model, tokenizer, _ = load_for_inference(str(final))
-            trainable = info["trainable_parameters"]
+            model, tokenizer, info = load_for_inference(str(final))
+            trainable = info.trainable_parameters
             responses = generate(model, tokenizer, [r["prompt"] for r in heldout], max_new_tokens=12)
             hits = [resp.strip() == row["response"] for resp, row in zip(responses, heldout)]
             per_family = {
@@ -102,16 +102,17 @@ def main() -> None:
                             "per_family": per_family, "trainable": trainable, "seconds": seconds})
             print(f"{name} seed {seed}: {sum(hits) / len(hits):.1%} ({seconds:.0f} s)", flush=True)
 
-    print(f"\n{len(train_rows)} training rows, {len(heldout)} held-out prompts, {args.epochs} epochs, "
-          f"lr {args.lr}, seeds {args.seeds}\n")
-    print("| strategy | trainable params | held-out exact match | " + " | ".join(STYLES) + " | train time |")
-    print("|---|---|---|" + "---|" * len(STYLES) + "---|")
+    lr = f"lr {args.lr}" if args.lr else "the demo recipe's lr"
+    print(f"\n{len(train_rows)} training rows, {len(heldout)} held-out prompts, {args.epochs} epochs, {lr}, "
+          f"seeds {args.seeds}\n")
+    table = []
     for name in STRATEGIES:
         mine = [r for r in results if r["strategy"] == name]
-        acc = sum(r["accuracy"] for r in mine) / len(mine)
-        fams = " | ".join(f"{sum(r['per_family'][f] for r in mine) / len(mine):.1%}" for f in STYLES)
-        print(f"| {name} | {mine[0]['trainable']:,} | {acc:.1%} | {fams} | "
-              f"{sum(r['seconds'] for r in mine) / len(mine):.0f} s |")
+        table.append((name, f"{mine[0]['trainable']:,}", f"{sum(r['accuracy'] for r in mine) / len(mine):.1%}",
+                      *(f"{sum(r['per_family'][f] for r in mine) / len(mine):.1%}" for f in STYLES),
+                      f"{sum(r['seconds'] for r in mine) / len(mine):.0f} s"))
+    print(harness.markdown_table(("strategy", "trainable params", "held-out exact match", *STYLES, "train time"),
+                                 table))
     (out / "quality_summary.json").write_text(json.dumps(results, indent=2))
 
 

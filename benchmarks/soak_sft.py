@@ -1,7 +1,7 @@
 """Soak test: a long tiny-model SFT run that samples the process's resident memory as it trains.
 
-    python scripts/soak_sft.py                      # 2,000 steps, a sample every 50 (JSON: outputs/soak_sft.json)
-    python scripts/soak_sft.py --steps 200 --every 20 --warmup 40 --json soak.json
+    python -m benchmarks.soak_sft                      # 2,000 steps, a sample every 50 (JSON: outputs/soak_sft.json)
+    python -m benchmarks.soak_sft --steps 200 --every 20 --warmup 40 --json soak.json
 
 A leak shows as RSS that keeps rising after the warm-up (allocator pools, first checkpoint, lazy imports settle
 within the first few hundred steps). The script prints one row per sample and a summary, and writes the samples
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness
 
 
 def rss_mb() -> float:
@@ -96,22 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra forge overrides, e.g. injection=mixture_lora")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from forge_trl.commands.compose import compose
-from forge_trl.commands.console import quiet_third_party_logs
-    from forge_trl.train import run
-
-    quiet_third_party_logs()
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="forge-soak-")  # removed at the end
-    cfg = compose([
+    sampler = make_sampler(args.every)
+    started = time.monotonic()
+    harness.forge_train([
         "task=sft", "data=demo_sft", f"output_dir={output_dir}", "overwrite=true", "plot=false",
         f"task.max_steps={args.steps}", "task.per_device_train_batch_size=4", "task.logging_steps=50",
         f"task.save_steps={args.save_steps}", "task.save_total_limit=1", "+task.trl_args.disable_tqdm=true",
         *args.overrides,
-    ])
-    sampler = make_sampler(args.every)
-    started = time.monotonic()
-    run(cfg, extra_callbacks=(sampler,))
+    ], callbacks=(sampler,), verbose=False)
     summary = summarize(sampler.samples, args.warmup)
     summary.update(steps=args.steps, wall_seconds=round(time.monotonic() - started, 1), overrides=args.overrides)
     if args.output_dir is None:

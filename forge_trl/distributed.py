@@ -100,8 +100,9 @@ def setup() -> None:
     """Call once at the start of a run, before anything is logged or written."""
     check_launch()
     if prefer_cpu_backend():
-        logging.getLogger("forge_trl").debug("no GPU: %d launched processes train on CPU over gloo",
-                                             launched_world_size())
+        logging.getLogger("forge_trl").debug(
+            "no GPU: %d launched processes train on CPU over gloo", launched_world_size()
+        )
     if launched_world_size() > 1 and not state().is_main_process:
         # Every process would otherwise repeat each info line; warnings and errors still show from all of them.
         logging.getLogger("forge_trl").setLevel(logging.WARNING)

@@ -26,6 +26,14 @@ class ConfigError(ForgeError):
     kind = "config error"
 
 
+def did_you_mean(word: str, candidates) -> str:
+    """`"; did you mean 'x'?"` for the closest of `candidates` to a misspelt `word`, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def require(condition: bool, key: str, message: str) -> None:
     """Raise a ConfigError naming `key` unless `condition` holds (the schemas' range checks)."""
     if not condition:
@@ -53,6 +61,12 @@ class TrainingError(ForgeError):
     """Training could not go on (e.g. the loss stayed non-finite); checkpoints written before stay usable."""
 
     kind = "training error"
+
+
+class StorageError(ForgeError):
+    """The disk refused a write (full, quota, read-only, I/O error); what was there before stays intact."""
+
+    kind = "storage error"
 
 
 def run_command(action: Callable[[], object]) -> int:

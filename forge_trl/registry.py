@@ -59,6 +59,8 @@ def load_plugins() -> None:
             if name in sys.modules:
                 continue
             spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:  # never for a *.py file; the loader is checked for the type
+                raise ConfigError(f"{PLUGINS_ENV}: cannot import '{path}'")
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)

@@ -7,6 +7,7 @@ Every pipeline stage is this flow with a different `task`; chaining is `model.na
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from forge_trl import distributed
 from forge_trl.config import ForgeConfig, to_typed
 from forge_trl.errors import ConfigError, TrainingError
+from forge_trl.files import run_lock
 from forge_trl.injection import get_injection
 from forge_trl.injection.base import Injection
 from forge_trl.injection.full import FullConfig, FullInjection
@@ -39,7 +41,9 @@ def choose_injection(cfg: ForgeConfig, source: ModelSource) -> Injection:
     if from_checkpoint.name != requested.name:
         log.warning(
             "model.name_or_path is a %s checkpoint: training its %s adapter further (injection=%s is not applied)",
-            from_checkpoint.name, from_checkpoint.name, requested.name,
+            from_checkpoint.name,
+            from_checkpoint.name,
+            requested.name,
         )
     elif from_checkpoint.settings() != requested.settings():
         ours, theirs = requested.settings(), from_checkpoint.settings()
@@ -78,16 +82,19 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
         if not found:
             partial = list_checkpoints(output_dir, complete_only=False)
             detail = f" (only incomplete ones: {', '.join(p.name for p in partial)})" if partial else ""
-            raise ConfigError(f"resume=true: no checkpoint-N directory in {output_dir}{detail}; "
-                              "set task.save_steps to write them")
+            raise ConfigError(
+                f"resume=true: no checkpoint-N directory in {output_dir}{detail}; set task.save_steps to write them"
+            )
         chosen = found[-1]
     else:
         chosen = Path(resume)
         if not chosen.is_dir():
             raise ConfigError(f"resume: '{resume}' is not a checkpoint directory")
         if not is_complete_checkpoint(chosen):
-            raise ConfigError(f"resume: '{resume}' is not a complete checkpoint (no trainer state); "
-                              "resume from an earlier checkpoint-N")
+            raise ConfigError(
+                f"resume: '{resume}' is not a complete checkpoint (no trainer state); "
+                "resume from an earlier checkpoint-N"
+            )
     refuse_pickle_weights(chosen, "resume checkpoint")
     log.info("resuming from %s", chosen)
     return str(chosen)
@@ -120,29 +127,44 @@ def trainable_summary(model) -> tuple[int, int]:
     return trainable, total
 
 
-def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
+def run(raw_cfg, extra_callbacks: tuple = (), trainer_hook=None) -> Path:
     """Train one stage as configured and return the path of its `final/` checkpoint.
 
-    `extra_callbacks` (TrainerCallbacks) run after forge's own; tests use them to watch parameters."""
+    `extra_callbacks` (TrainerCallbacks) run after forge's own; tests use them to watch parameters.
+    `trainer_hook`, if given, is called with the built trainer right before training starts; `benchmarks/` uses
+    it to wrap the trainer's data collator and count real tokens per step. Nothing in forge_trl passes it."""
     cfg = to_typed(raw_cfg)
     distributed.setup()  # before anything is logged: under `accelerate launch` only rank 0 logs info lines
     task = get_task(cfg.task.name)()
 
     # Preflight: everything that can be checked without weights fails here, before a model loads.
-    from forge_trl.data.dataset import prepare_data, resolve_layout
+    from forge_trl.data.dataset import resolve_layout
 
     layout = resolve_layout(task, cfg.data)
     output_dir = prepare_output_dir(cfg)
+    # One run per output_dir: a second one would mix its checkpoints and metrics into this one's and discard this
+    # one's staged checkpoint as an interrupted save. The main process holds the lock until final/ and the bench
+    # are written; the other ranks of a launch share its run.
+    with run_lock(output_dir) if distributed.is_main_process() else contextlib.nullcontext():
+        return _train_in(output_dir, raw_cfg, cfg, task, layout, extra_callbacks, trainer_hook)
+
+
+def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_callbacks: tuple, trainer_hook) -> Path:
+    """The rest of `run`, once the preflight passed and the main process holds output_dir's lock."""
+    from forge_trl.data.dataset import prepare_data
+
     resume_from = resolve_resume(cfg.resume, output_dir)
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
+    task.preflight(injection)
 
     from transformers import set_seed
 
-    from forge_trl.trainers.callbacks import MetricsFileCallback, plot_loss
     from forge_trl.models.checkpoint import write_final
     from forge_trl.models.loading import load_injected, load_tokenizer
+    from forge_trl.models.run_info import RunInfo
     from forge_trl.tasks.base import TaskContext
+    from forge_trl.trainers.callbacks import MetricsFileCallback, plot_loss
 
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
@@ -153,7 +175,12 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
     trainable, total = trainable_summary(model)
     log.info(
         "task=%s injection=%s model=%s precision=%s: %s of %s parameters trainable (%.2f%%)",
-        task.name, injection.name, source.requested, precision, f"{trainable:,}", f"{total:,}",
+        task.name,
+        injection.name,
+        source.requested,
+        precision,
+        f"{trainable:,}",
+        f"{total:,}",
         100.0 * trainable / max(total, 1),
     )
 
@@ -171,6 +198,8 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
         routing=find_recorder(model),
     )
     trainer = task.build_trainer(ctx)
+    if trainer_hook is not None:
+        trainer_hook(trainer)
     result = trainer.train(resume_from_checkpoint=resume_from)
     guard = trainer.nonfinite_guard
     if guard is not None and guard.stopped_at is not None:
@@ -190,19 +219,22 @@ def run(raw_cfg, extra_callbacks: tuple = ()) -> Path:
             log.warning("the last logged loss is %s", last_loss)
 
     trained = trainer.model
-    run_info = {
-        "task": task.name,
-        "head": task.head,
-        "base_model": source.base_id,
-        "parent": str(Path(source.checkpoint).resolve()) if source.checkpoint else None,
-        "injection": injection.settings() if injection.is_adapter else {"name": "full"},
-        "model": OmegaConf.to_container(raw_cfg.model, resolve=True),
-        "precision": precision,
-        "step": trainer.state.global_step,
-        "trainable_parameters": trainable,
-        "metrics": metrics,
-        "data": data.stats,
-    }
+    reward_model = getattr(cfg.task, "reward_model", None)  # only the RL tasks (ppo, grpo, rloo) have one
+    reward_path = reward_model.checkpoint_path if reward_model is not None else None
+    run_info = RunInfo(
+        task=task.name,
+        head=task.head,
+        base_model=source.base_id,
+        parent=str(Path(source.checkpoint).resolve()) if source.checkpoint else None,
+        injection=injection.settings() if injection.is_adapter else {"name": "full"},
+        model=OmegaConf.to_container(raw_cfg.model, resolve=True),
+        precision=precision,
+        step=trainer.state.global_step,
+        trainable_parameters=trainable,
+        metrics=metrics,
+        data=data.stats,
+        reward_model=str(Path(reward_path).expanduser().resolve()) if reward_path else None,
+    )
 
     def write_outputs() -> None:
         final = write_final(

@@ -13,7 +13,6 @@ and launcher logic, and the launches forge cannot run correctly (FSDP, ZeRO-3, P
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from forge_trl.trainers.callbacks import read_metrics
 from forge_trl.commands.compose import compose
+from forge_trl.models.run_info import read_run_info
 from forge_trl.train import run
+from forge_trl.trainers.callbacks import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "conf" / "accelerate"
@@ -33,9 +33,16 @@ STEPS = 4
 # loss by ~1e-7 relative. A wrong data split or unsynchronised gradients moves it by ~1e-2 from the first step.
 LOSS_RTOL = 1e-4
 COMMON = [
-    "overwrite=true", "plot=false", "precision=fp32", f"task.max_steps={STEPS}", "task.logging_steps=1",
-    "task.per_device_train_batch_size=2", "injection.dropout=0", "task.learning_rate=1e-3",
-    "task.lr_scheduler_type=constant", "task.warmup_steps=0",
+    "overwrite=true",
+    "plot=false",
+    "precision=fp32",
+    f"task.max_steps={STEPS}",
+    "task.logging_steps=1",
+    "task.per_device_train_batch_size=2",
+    "injection.dropout=0",
+    "task.learning_rate=1e-3",
+    "task.lr_scheduler_type=constant",
+    "task.warmup_steps=0",
 ]
 
 
@@ -49,9 +56,21 @@ def launch_two_cpu_processes(output_dir: Path, *overrides: str) -> subprocess.Co
     }
     env.pop("ACCELERATE_USE_CPU", None)  # forge must pick the CPU backend itself
     return subprocess.run(
-        [*launcher, "--config_file", str(CONFIGS / "cpu_2proc.yaml"), "-m", "forge_trl",
-         f"output_dir={output_dir}", *COMMON, *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [
+            *launcher,
+            "--config_file",
+            str(CONFIGS / "cpu_2proc.yaml"),
+            "-m",
+            "forge_trl",
+            f"output_dir={output_dir}",
+            *COMMON,
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
@@ -90,8 +109,8 @@ def test_two_cpu_processes_match_one_process_with_double_accumulation(tmp_path, 
 
     # Rank 0 alone wrote the run's files: one metrics line per step, one final/, one "wrote" log line.
     assert [r["step"] for r in two if "loss" in r] == list(range(1, STEPS + 1))
-    info = json.loads((two_dir / "final" / "forge_run.json").read_text())
-    assert info["step"] == STEPS and info["task"] == task
+    info = read_run_info(two_dir / "final")
+    assert info.step == STEPS and info.task == task
     assert output.count("wrote ") == 1, output[-4000:]
     assert not [p.name for p in two_dir.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -190,15 +209,18 @@ def launched(monkeypatch):
     return set_gpu
 
 
-@pytest.mark.parametrize("name,gpu,refusal", [
-    ("cpu_2proc", False, None),
-    ("ddp", True, None),
-    ("zero2", True, None),
-    ("fsdp2", True, "cannot write final/ from sharded weights"),
-    ("zero3", True, "cannot write final/ from sharded weights"),
-    ("fsdp2", False, "FSDP needs GPUs"),
-    ("zero2", False, "DeepSpeed needs GPUs"),
-])
+@pytest.mark.parametrize(
+    "name,gpu,refusal",
+    [
+        ("cpu_2proc", False, None),
+        ("ddp", True, None),
+        ("zero2", True, None),
+        ("fsdp2", True, "cannot write final/ from sharded weights"),
+        ("zero3", True, "cannot write final/ from sharded weights"),
+        ("fsdp2", False, "FSDP needs GPUs"),
+        ("zero2", False, "DeepSpeed needs GPUs"),
+    ],
+)
 def test_check_launch_with_each_configs_environment(launched, monkeypatch, name, gpu, refusal):
     from forge_trl import distributed
     from forge_trl.errors import ConfigError

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from forge_trl.bench import metrics as M
-from forge_trl.config.bench import BenchConfig, JudgeConfig
-from forge_trl.bench.judges import HttpJudge, JudgeError
-from forge_trl.bench.runner import HeldOut, run_bench
-
 from conftest import REPO
 from injection_support import train_in_process
+
+from forge_trl.bench import metrics as M
+from forge_trl.bench.judges import HttpJudge, JudgeError
+from forge_trl.bench.runner import HeldOut, run_bench
+from forge_trl.config.bench import BenchConfig, JudgeConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,8 +27,12 @@ def test_checker_and_format_metrics_on_known_responses():
     from forge_trl.data.demo_suite import check_answer
 
     assert M.checker_accuracy(["7", "7.", "seven", "7, I think"], ["7"] * 4, check_answer) == 0.5
-    gens = [M.Generation("7", 2, True), M.Generation("7 and more", 16, False), M.Generation("  ", 1, True),
-            M.Generation("blue sky", 3, True)]
+    gens = [
+        M.Generation("7", 2, True),
+        M.Generation("7 and more", 16, False),
+        M.Generation("  ", 1, True),
+        M.Generation("blue sky", 3, True),
+    ]
     assert M.format_compliance(gens) == 0.5  # unfinished and blank responses fail
     assert M.format_compliance(gens, r"\d+") == 0.25  # and with a pattern only the bare number passes
 
@@ -176,8 +179,9 @@ def checkpoints(tmp_path_factory):
     """A briefly trained SFT policy and a reward model on top of it."""
     root = tmp_path_factory.mktemp("bench")
     sft, _, _ = train_in_process(root / "sft", "task=sft", "data=demo_sft", "data.max_rows=32", steps=3)
-    rm, _, _ = train_in_process(root / "rm", "task=rm", "data=demo_preference", "data.max_rows=32",
-                                f"model.name_or_path={sft}", steps=3)
+    rm, _, _ = train_in_process(
+        root / "rm", "task=rm", "data=demo_preference", "data.max_rows=32", f"model.name_or_path={sft}", steps=3
+    )
     return {"sft": sft, "rm": rm}
 
 
@@ -186,14 +190,19 @@ def _symmetric_heldout(tmp_path: Path) -> HeldOut:
     pairs = []
     for prompt, a, b in [("Give the opposite of hot.", "cold", "warm, I think"), ("What is 2 plus 3?", "5", "6")]:
         pairs += [{"prompt": prompt, "chosen": a, "rejected": b}, {"prompt": prompt, "chosen": b, "rejected": a}]
-    return HeldOut(["What is 2 plus 3?", "Give the opposite of hot."], ["5", "cold"], pairs,
-                   lambda response, answer: response.strip() == answer)
+    return HeldOut(
+        ["What is 2 plus 3?", "Give the opposite of hot."],
+        ["5", "cold"],
+        pairs,
+        lambda response, answer: response.strip() == answer,
+    )
 
 
 def test_symmetric_pairs_give_exactly_half_for_policy_and_reward_model(checkpoints, tmp_path):
     cfg = BenchConfig(max_new_tokens=6, plots=False)
-    report = run_bench([str(checkpoints["sft"]), str(checkpoints["rm"])], cfg, tmp_path,
-                       heldout=_symmetric_heldout(tmp_path))
+    report = run_bench(
+        [str(checkpoints["sft"]), str(checkpoints["rm"])], cfg, tmp_path, heldout=_symmetric_heldout(tmp_path)
+    )
     policy, rm = report["checkpoints"]
     assert policy["kind"] == "policy" and rm["kind"] == "reward model"
     assert policy["preference_accuracy"] == 0.5
@@ -207,10 +216,25 @@ def test_bench_cli_writes_table_json_and_plots_with_rm_scores_and_win_rate(check
     server = judge_server(lambda first, second: "A" if len(first) <= len(second) else "B")
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "forge_trl.bench", "forge-tiny", str(checkpoints["sft"]), str(checkpoints["rm"]),
-         f"bench.reward_model={checkpoints['rm']}", "bench.judge.baseline=forge-tiny", f"bench.judge.url={server.url}",
-         "bench.max_rows=6", "max_new_tokens=8", f"bench.out={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "forge_trl.bench",
+            "forge-tiny",
+            str(checkpoints["sft"]),
+            str(checkpoints["rm"]),
+            f"bench.reward_model={checkpoints['rm']}",
+            "bench.judge.baseline=forge-tiny",
+            f"bench.judge.url={server.url}",
+            "bench.max_rows=6",
+            "max_new_tokens=8",
+            f"bench.out={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| checkpoint |" in result.stdout and "| sft |" in result.stdout and "| rm |" in result.stdout
     report = json.loads((out / "bench.json").read_text())
@@ -234,8 +258,9 @@ def test_rm_judge_skips_the_baseline_itself_and_counts_wins_by_rm_score(checkpoi
     # The baseline under another path (a symlink) is the baseline: it is not judged against itself.
     link = tmp_path / "same"
     link.symlink_to(checkpoints["sft"], target_is_directory=True)
-    cfg = BenchConfig(max_new_tokens=6, plots=False,
-                      judge=JudgeConfig(baseline=str(link), reward_model=str(checkpoints["rm"])))
+    cfg = BenchConfig(
+        max_new_tokens=6, plots=False, judge=JudgeConfig(baseline=str(link), reward_model=str(checkpoints["rm"]))
+    )
     heldout = _symmetric_heldout(tmp_path)
     assert "win_rate" not in run_bench([str(checkpoints["sft"])], cfg, tmp_path, heldout=heldout)["checkpoints"][0]
     # Against another baseline, the win-rate is the share of prompts where the RM scores the target higher.
@@ -249,17 +274,21 @@ def test_rm_judge_skips_the_baseline_itself_and_counts_wins_by_rm_score(checkpoi
     assert row["win_rate"] == pytest.approx(M.win_rate(expected))
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["forge-tiny", "bench.max_rowz=3"], "unknown config key 'max_rowz'"),
-    (["forge-tiny", "bench.temperature=-1"], "bench.temperature: must be positive"),
-    (["bench.max_rows=3"], "no checkpoint given"),
-    (["forge-tiny", "bench.judge.baseline=forge-tiny"], "no judge: set bench.judge.reward_model"),
-    (["forge-tiny", "bench.format_regex=[0-9]+ x"], "cannot read 'bench.format_regex=[0-9]+ x'"),
-    (["forge-tiny", "bench.format_regex='([0-9]'"], "bench.format_regex: '([0-9]' is not a valid regular"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["forge-tiny", "bench.max_rowz=3"], "unknown key 'bench.max_rowz'; did you mean 'bench.max_rows'?"),
+        (["forge-tiny", "max_rows=many"], "bench.max_rows: expected an integer, got 'many'"),
+        (["forge-tiny", "bench.temperature=-1"], "bench.temperature: must be positive"),
+        (["bench.max_rows=3"], "no checkpoint given"),
+        (["forge-tiny", "bench.judge.baseline=forge-tiny"], "no judge: set bench.judge.reward_model"),
+        (["forge-tiny", "bench.format_regex='([0-9]'"], "bench.format_regex: '([0-9]' is not a valid regular"),
+    ],
+)
 def test_bad_bench_arguments_fail_on_one_line_with_exit_2(args, expected):
-    result = subprocess.run([sys.executable, "-m", "forge_trl.bench", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "forge_trl.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr[-1000:]
     assert expected in result.stderr and "Traceback" not in result.stderr
 
@@ -267,7 +296,12 @@ def test_bad_bench_arguments_fail_on_one_line_with_exit_2(args, expected):
 def test_a_prompts_file_without_prompts_names_the_line(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"question": "no prompt here"}\n')
-    result = subprocess.run([sys.executable, "-m", "forge_trl.bench", "forge-tiny", f"bench.prompts={bad}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "forge_trl.bench", "forge-tiny", f"bench.prompts={bad}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert f"{bad}:2 field 'prompt'" in result.stderr

@@ -1,20 +1,20 @@
 """Checkpoint chaining: the reference of a chained DPO is the SFT model, an RM starts from the SFT weights,
 and a checkpoint round-trips with equal logits."""
 
-import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from forge_trl.trainers.callbacks import read_metrics
 from forge_trl.commands.compose import compose
 from forge_trl.config import ModelConfig
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection
 from forge_trl.models.checkpoint import write_final
 from forge_trl.models.loading import load_for_inference, load_injected, load_tokenizer, resolve_source
+from forge_trl.models.run_info import RunInfo, read_run_info
 from forge_trl.train import run
+from forge_trl.trainers.callbacks import read_metrics
 
 FAST = ["task.logging_steps=1", "task.warmup_steps=0", "data.max_rows=32", "data.max_length=64", "plot=false"]
 
@@ -31,16 +31,17 @@ def test_chained_dpo_uses_sft_model_as_reference(sft_final, tmp_path):
     assert max(t.abs().max().item() for k, t in adapter.items() if "lora_B" in k) > 1e-3, "SFT adapter is trivial"
 
     out = tmp_path / "dpo"
-    final = run(compose(["task=dpo", f"model.name_or_path={sft_final}", f"output_dir={out}", "task.max_steps=2",
-                         *FAST]))
+    final = run(
+        compose(["task=dpo", f"model.name_or_path={sft_final}", f"output_dir={out}", "task.max_steps=2", *FAST])
+    )
     first = read_metrics(out)[0]
     # At step 0 the policy equals the reference (the SFT model), so both implicit rewards are 0 and the loss
     # is -log sigmoid(0) = log 2. A raw-base reference would give non-zero rewards here.
     assert abs(first["loss"] - math.log(2)) < 1e-4
     assert abs(first["rewards/chosen"]) < 1e-5 and abs(first["rewards/rejected"]) < 1e-5
-    info = json.loads((final / "forge_run.json").read_text())
-    assert info["base_model"] == "forge-tiny"
-    assert info["parent"] == str(sft_final.resolve())
+    info = read_run_info(final)
+    assert info.base_model == "forge-tiny"
+    assert info.parent == str(sft_final.resolve())
 
 
 def test_rm_chained_from_sft_starts_from_sft_weights(sft_final):
@@ -74,8 +75,11 @@ def test_checkpoint_round_trip_gives_equal_logits(head, tmp_path):
     expected = model(**batch).logits
 
     final = write_final(
-        tmp_path, save_weights=lambda d: injection.save(model, d), tokenizer=tokenizer, resolved_config_yaml="",
-        run_info={"task": "test", "head": head, "base_model": "forge-tiny", "injection": injection.settings()},
+        tmp_path,
+        save_weights=lambda d: injection.save(model, d),
+        tokenizer=tokenizer,
+        resolved_config_yaml="",
+        run_info=RunInfo(task="test", head=head, base_model="forge-tiny", injection=injection.settings()),
         overwrite=False,
     )
     again = resolve_source(str(final))

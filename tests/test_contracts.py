@@ -22,8 +22,8 @@ from forge_trl.config import ReferenceTaskConfig, to_typed
 from forge_trl.injection import INJECTIONS
 from forge_trl.injection.base import HEAD_SEQ_CLS
 from forge_trl.tasks import TASKS
-from forge_trl.trainers.callbacks import read_metrics
 from forge_trl.train import run
+from forge_trl.trainers.callbacks import read_metrics
 
 TASK_NAMES = TASKS.names()
 INJECTION_NAMES = INJECTIONS.names()
@@ -73,14 +73,26 @@ class KeepTrainer(TrainerCallback):
 @pytest.fixture(scope="session")
 def reward_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("contract-rm")
-    return run(compose([f"output_dir={out}", "task=rm", "task.max_steps=2", "plot=false",
-                        "task.per_device_train_batch_size=2"]))
+    return run(
+        compose(
+            [f"output_dir={out}", "task=rm", "task.max_steps=2", "plot=false", "task.per_device_train_batch_size=2"]
+        )
+    )
 
 
 def train(tmp_path, task: str, injection: str, reward_checkpoint, *extra: str, steps: int = 2):
     keep = KeepTrainer()
-    overrides = [f"output_dir={tmp_path}", f"task={task}", f"injection={injection}", f"model={model_for(injection)}",
-                 f"task.max_steps={steps}", "task.logging_steps=1", "plot=false", "task.learning_rate=1e-3", *extra]
+    overrides = [
+        f"output_dir={tmp_path}",
+        f"task={task}",
+        f"injection={injection}",
+        f"model={model_for(injection)}",
+        f"task.max_steps={steps}",
+        "task.logging_steps=1",
+        "plot=false",
+        "task.learning_rate=1e-3",
+        *extra,
+    ]
     if needs_reward_model(task):
         overrides += [f"task.reward_model.checkpoint_path={reward_checkpoint}", "task.per_device_train_batch_size=4"]
     if task == "ppo":
@@ -99,8 +111,9 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("injection", INJECTION_NAMES)
 @pytest.mark.parametrize("task", TASK_NAMES)
-def test_every_task_trains_with_every_injection_and_reloads_with_equal_logits(task, injection, reward_checkpoint,
-                                                                              tmp_path):
+def test_every_task_trains_with_every_injection_and_reloads_with_equal_logits(
+    task, injection, reward_checkpoint, tmp_path
+):
     from forge_trl.errors import ConfigError
     from forge_trl.models.loading import load_for_inference
 
@@ -130,16 +143,28 @@ def sft_checkpoints(tmp_path_factory):
     out = {}
     for injection in ADAPTER_INJECTIONS:
         path = tmp_path_factory.mktemp(f"contract-sft-{injection}")
-        out[injection] = run(compose([f"output_dir={path}", "task=sft", f"injection={injection}",
-                                      f"model={model_for(injection)}", "task.max_steps=3", "plot=false",
-                                      "task.learning_rate=5e-3", "task.per_device_train_batch_size=2"]))
+        out[injection] = run(
+            compose(
+                [
+                    f"output_dir={path}",
+                    "task=sft",
+                    f"injection={injection}",
+                    f"model={model_for(injection)}",
+                    "task.max_steps=3",
+                    "plot=false",
+                    "task.learning_rate=5e-3",
+                    "task.per_device_train_batch_size=2",
+                ]
+            )
+        )
     return out
 
 
 @pytest.mark.parametrize("injection", ADAPTER_INJECTIONS)
 @pytest.mark.parametrize("task", REFERENCE_TASKS)
-def test_a_chained_reference_task_starts_with_the_input_checkpoint_as_reference(task, injection, sft_checkpoints,
-                                                                                tmp_path):
+def test_a_chained_reference_task_starts_with_the_input_checkpoint_as_reference(
+    task, injection, sft_checkpoints, tmp_path
+):
     """At step 0 the policy is the input checkpoint; the reference equals it exactly when every implicit reward
     (policy log-prob minus reference log-prob, times beta) is 0."""
     train(tmp_path, task, injection, None, f"model.name_or_path={sft_checkpoints[injection]}", steps=1)
@@ -150,15 +175,22 @@ def test_a_chained_reference_task_starts_with_the_input_checkpoint_as_reference(
         assert value == pytest.approx(0.0, abs=1e-5), (key, value)
 
 
-@pytest.mark.parametrize("task", [n for n in TASK_NAMES if TASKS.get(n)().trl_classes()[0] is not None
-                                  and any(f.name == "precompute_ref_log_probs"
-                                          for f in dataclasses.fields(TASKS.get(n)().trl_classes()[0]))])
+@pytest.mark.parametrize(
+    "task",
+    [
+        n
+        for n in TASK_NAMES
+        if TASKS.get(n)().trl_classes()[0] is not None
+        and any(f.name == "precompute_ref_log_probs" for f in dataclasses.fields(TASKS.get(n)().trl_classes()[0]))
+    ],
+)
 def test_every_task_with_a_reference_precomputes_it_when_phases_train_base_weights(task, tmp_path):
     """Any task whose TRL config can precompute reference log-probs must do so when base_ffn phases make the
     adapter-disabled reference drift. (Its schema must be a ReferenceTaskConfig for the base task to handle it.)"""
     assert issubclass(TASKS.get(task).schema, ReferenceTaskConfig)
-    _, keep = train(tmp_path, task, "dense_lora", None, "injection.phases=[{step:0,trainable:[lora,base_ffn]}]",
-                    steps=1)
+    _, keep = train(
+        tmp_path, task, "dense_lora", None, "injection.phases=[{step:0,trainable:[lora,base_ffn]}]", steps=1
+    )
     assert keep.args.precompute_ref_log_probs is True
 
 

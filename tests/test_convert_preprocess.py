@@ -6,20 +6,24 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
-from forge_trl import convert as convert_cli
-from forge_trl import preprocess as preprocess_cli
+
+from forge_trl.commands import convert as convert_cli
+from forge_trl.commands import preprocess as preprocess_cli
 from forge_trl.config import DataConfig
 from forge_trl.data.dataset import prepare_data
 from forge_trl.data.formats import to_trl_columns
-from forge_trl.data.token_cache import METADATA_FILE, build_cache, is_pretokenized_preference
 from forge_trl.data.rows import read_rows
+from forge_trl.data.token_cache import METADATA_FILE, build_cache, is_pretokenized_preference
 from forge_trl.errors import ConfigError, DataError
 
 QA_ROWS = [
-    {"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}.", "source": "quiz",
-     **({"sys": "Be brief."} if i % 2 else {})}
+    {
+        "question": f"What is {i} plus {i}?",
+        "answer": f"It is {2 * i}.",
+        "source": "quiz",
+        **({"sys": "Be brief."} if i % 2 else {}),
+    }
     for i in range(8)
 ]
 PREFERENCE_ROWS = [
@@ -50,8 +54,12 @@ def tokenizer():
 def test_convert_round_trip_through_forge_loaders(tmp_path):
     source = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
     out = tmp_path / "sft.jsonl"
-    assert convert_cli.main([f"input={source}", f"out={out}", "map=question:prompt,answer:response",
-                             "map=sys?:system", "layout=sft"]) == 0
+    assert (
+        convert_cli.main(
+            [f"input={source}", f"out={out}", "map=question:prompt,answer:response", "map=sys?:system", "layout=sft"]
+        )
+        == 0
+    )
 
     rows = read_rows(out)
     assert [r.data["prompt"] for r in rows] == [r["question"] for r in QA_ROWS]
@@ -70,14 +78,28 @@ def test_convert_round_trip_through_forge_loaders(tmp_path):
 def test_convert_reads_a_dataset_directory_split(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    DatasetDict({
-        "train": Dataset.from_list(PREFERENCE_ROWS[:5]),
-        "test": Dataset.from_list([{"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}
-                                   for r in PREFERENCE_ROWS[5:]]),
-    }).save_to_disk(str(tmp_path / "ds"))
+    DatasetDict(
+        {
+            "train": Dataset.from_list(PREFERENCE_ROWS[:5]),
+            "test": Dataset.from_list(
+                [{"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in PREFERENCE_ROWS[5:]]
+            ),
+        }
+    ).save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "test.jsonl"
-    assert convert_cli.main([f"input={tmp_path / 'ds'}", f"out={out}", "split=test", "drop_unmapped=true",
-                             "map=q:prompt,good:chosen,bad:rejected", "layout=prompted_preference"]) == 0
+    assert (
+        convert_cli.main(
+            [
+                f"input={tmp_path / 'ds'}",
+                f"out={out}",
+                "split=test",
+                "drop_unmapped=true",
+                "map=q:prompt,good:chosen,bad:rejected",
+                "layout=prompted_preference",
+            ]
+        )
+        == 0
+    )
     assert read_jsonl(out) == PREFERENCE_ROWS[5:]
 
     with pytest.raises(ConfigError, match="has splits train, test"):
@@ -104,22 +126,39 @@ def test_bad_field_map_names_the_field_and_line_and_leaves_out_untouched(tmp_pat
 def test_layout_check_names_the_input_field_behind_a_bad_value(tmp_path):
     source = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q?", "answer": 42}])
     with pytest.raises(DataError) as info:
-        convert_cli.convert(convert_cli.parse_args([f"input={source}", f"out={tmp_path / 'o.jsonl'}",
-                                                    "map=question:prompt,answer:response", "layout=sft"]))
+        convert_cli.convert(
+            convert_cli.parse_args(
+                [f"input={source}", f"out={tmp_path / 'o.jsonl'}", "map=question:prompt,answer:response", "layout=sft"]
+            )
+        )
     assert str(info.value) == f"{source}:1 field 'response': expected a string, got int (mapped from 'answer')"
 
 
 def test_convert_cli_prints_one_line_and_exits_2(tmp_path):
     source = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
-    result = subprocess.run([sys.executable, "-m", "forge_trl.convert", f"input={source}",
-                             f"out={tmp_path / 'o.jsonl'}", "map=question:prompt", "layout=sft"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forge_trl.convert",
+            f"input={source}",
+            f"out={tmp_path / 'o.jsonl'}",
+            "map=question:prompt",
+            "layout=sft",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"forge_trl: data error: {source}:1 field 'response': missing field 'response'; a sft row "
-                     "needs {messages} or {prompt, response} or {instruction, response} or {prompt, completion} or "
-                     "{text} (row has: answer, prompt, source); map one of your fields to it, e.g. "
-                     "map=<field>:response"]
+    assert lines == [
+        f"forge_trl: data error: {source}:1 field 'response': missing field 'response'; a sft row "
+        "needs {messages} or {prompt, response} or {instruction, response} or {prompt, completion} or "
+        "{text} (row has: answer, prompt, source); map one of your fields to it, e.g. "
+        "map=<field>:response"
+    ]
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -128,10 +167,11 @@ def test_convert_cli_prints_one_line_and_exits_2(tmp_path):
 
 def build(source, cache, tokenizer, *, task="sft", layout="sft", max_length=64):
     """Build a cache from raw rows; returns (build result, the DataConfig that loads the cache)."""
-    raw = DataConfig(path=str(source), format="raw", task=layout, max_length=max_length)
-    result = build_cache(str(source), cache, task_name=task, layout=layout, data=raw, tokenizer=tokenizer,
-                         tokenizer_source="forge-tiny")
-    return result, DataConfig(path=str(cache), format="processed", task=layout, max_length=max_length)
+    raw = DataConfig(path=str(source), format="raw", layout=layout, max_length=max_length)
+    result = build_cache(
+        str(source), cache, task_name=task, layout=layout, data=raw, tokenizer=tokenizer, tokenizer_source="forge-tiny"
+    )
+    return result, DataConfig(path=str(cache), format="processed", layout=layout, max_length=max_length)
 
 
 def sft_source(tmp_path):
@@ -158,11 +198,19 @@ def test_preprocess_round_trip_token_ids_match_the_tokenizer(tmp_path, tokenizer
 
 def test_plain_text_rows_get_eos_like_trl(tmp_path, tokenizer):
     source = sft_source(tmp_path)
-    raw = DataConfig(path=str(source), format="raw", task="sft", max_length=64, chat_template=False)
-    build_cache(str(source), tmp_path / "cache", task_name="sft", layout="sft", data=raw, tokenizer=tokenizer,
-                tokenizer_source="forge-tiny")
-    loaded = DataConfig(path=str(tmp_path / "cache"), format="processed", task="sft", max_length=64,
-                        chat_template=False)
+    raw = DataConfig(path=str(source), format="raw", layout="sft", max_length=64, chat_template=False)
+    build_cache(
+        str(source),
+        tmp_path / "cache",
+        task_name="sft",
+        layout="sft",
+        data=raw,
+        tokenizer=tokenizer,
+        tokenizer_source="forge-tiny",
+    )
+    loaded = DataConfig(
+        path=str(tmp_path / "cache"), format="processed", layout="sft", max_length=64, chat_template=False
+    )
     first = prepare_data("sft", loaded, tokenizer).train[0]
     prompt, response = QA_ROWS[0]["question"], QA_ROWS[0]["answer"]
     assert first["input_ids"] == tokenizer(prompt + response + tokenizer.eos_token)["input_ids"]
@@ -172,11 +220,12 @@ def test_plain_text_rows_get_eos_like_trl(tmp_path, tokenizer):
 def test_max_rows_draws_the_same_rows_as_on_raw_data(tmp_path, tokenizer):
     from forge_trl.data.token_cache import tokenize_sft_row
 
-    rows = [{"prompt": f"Question {i} " + ("pad " * 60 if i == 3 else ""), "response": f"Answer {i}"}
-            for i in range(12)]
+    rows = [
+        {"prompt": f"Question {i} " + ("pad " * 60 if i == 3 else ""), "response": f"Answer {i}"} for i in range(12)
+    ]
     source = write_jsonl(tmp_path / "sft.jsonl", rows)
     _, cached = build(source, tmp_path / "cache", tokenizer, max_length=40)
-    raw = DataConfig(path=str(source), format="raw", task="sft", max_length=40, max_rows=6)
+    raw = DataConfig(path=str(source), format="raw", layout="sft", max_length=40, max_rows=6)
     expected = [tokenize_sft_row(row, tokenizer) for row in prepare_data("sft", raw, tokenizer).train]
     cached.max_rows = 6
     assert list(prepare_data("sft", cached, tokenizer).train) == expected
@@ -199,10 +248,13 @@ def test_stale_cache_names_what_differs(tmp_path, tokenizer):
     _, built = build(source, cache, tokenizer)
 
     with pytest.raises(DataError, match=r"stale processed data: built for data.max_length 64 \(this run: 128\)"):
-        prepare_data("sft", DataConfig(path=str(cache), format="processed", task="sft", max_length=128), tokenizer)
+        prepare_data("sft", DataConfig(path=str(cache), format="processed", layout="sft", max_length=128), tokenizer)
     with pytest.raises(DataError, match=r"chat template #\w+ \(this run: none\)"):
-        prepare_data("sft", DataConfig(path=str(cache), format="processed", task="sft", max_length=64,
-                                       chat_template=False), tokenizer)
+        prepare_data(
+            "sft",
+            DataConfig(path=str(cache), format="processed", layout="sft", max_length=64, chat_template=False),
+            tokenizer,
+        )
 
     other = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     other.add_tokens(["<|tool|>"])
@@ -214,13 +266,13 @@ def test_stale_cache_names_what_differs(tmp_path, tokenizer):
     assert "max_length" not in named and "chat template" not in named  # only what differs is named
 
     with pytest.raises(DataError, match="set data.format=processed"):
-        prepare_data("sft", DataConfig(path=str(cache), format="raw", task="sft", max_length=64), tokenizer)
+        prepare_data("sft", DataConfig(path=str(cache), format="raw", layout="sft", max_length=64), tokenizer)
 
 
 def test_preprocess_cli_reuses_an_up_to_date_cache_and_protects_a_different_one(tmp_path, capsys):
     source = sft_source(tmp_path)
     cache = tmp_path / "cache"
-    overrides = ["task=sft", "data=jsonl", f"data.path={source}", "data.task=sft", "data.max_length=64"]
+    overrides = ["task=sft", "data=jsonl", f"data.path={source}", "data.layout=sft", "data.max_length=64"]
     assert preprocess_cli.main([f"out={cache}", *overrides]) == 0
     first = (cache / METADATA_FILE).stat().st_mtime_ns
     assert preprocess_cli.main([f"out={cache}", *overrides]) == 0
@@ -253,21 +305,25 @@ def test_preference_cache_has_dpo_columns(tmp_path, tokenizer):
 # --- the acceptance test: a processed dataset trains exactly like the raw rows --------------------------------------
 
 
-@pytest.mark.parametrize("task, layout, rows", [
-    ("sft", "sft", [{"prompt": r["question"], "response": r["answer"]} for r in QA_ROWS]),
-    ("dpo", "prompted_preference", PREFERENCE_ROWS),
-])
+@pytest.mark.parametrize(
+    "task, layout, rows",
+    [
+        ("sft", "sft", [{"prompt": r["question"], "response": r["answer"]} for r in QA_ROWS]),
+        ("dpo", "prompted_preference", PREFERENCE_ROWS),
+    ],
+)
 def test_processed_dataset_trains_identically_to_raw(task, layout, rows, tmp_path):
     from tests.injection_support import train_in_process
 
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
-    common = [f"task={task}", "data=jsonl", f"data.task={layout}", "data.max_length=48", "task.learning_rate=1e-2"]
+    common = [f"task={task}", "data=jsonl", f"data.layout={layout}", "data.max_length=48", "task.learning_rate=1e-2"]
     cache = tmp_path / "cache"
     assert preprocess_cli.main([f"out={cache}", *common, f"data.path={source}"]) == 0
 
     _, _, raw = train_in_process(tmp_path / "raw", *common, f"data.path={source}", steps=2)
-    _, _, processed = train_in_process(tmp_path / "processed", *common, "data.format=processed",
-                                       f"data.path={cache}", steps=2)
+    _, _, processed = train_in_process(
+        tmp_path / "processed", *common, "data.format=processed", f"data.path={cache}", steps=2
+    )
     raw_steps, processed_steps = step_metrics(raw), step_metrics(processed)
     assert len(raw_steps) == 2 and raw_steps[0] != raw_steps[1]  # two real steps on different batches
     # DPO's loss is exactly ln 2 while a fresh LoRA equals the reference, so its log-probs carry the comparison.

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from forge_trl.data.formats import to_trl_columns
+from forge_trl.config import DATA_LAYOUTS
+from forge_trl.data.formats import LAYOUTS, to_trl_columns
 from forge_trl.data.rows import Row, read_rows
 from forge_trl.errors import DataError
 
@@ -18,6 +19,11 @@ def convert(layout, data, chat=True):
     return to_trl_columns(Row(data, "rows.jsonl", 7), layout, chat)
 
 
+def test_config_names_every_layout_the_formats_accept():
+    # `data.layout`, `forge-trl convert layout=` and the row validators all name the same layouts, in one order.
+    assert DATA_LAYOUTS == tuple(LAYOUTS)
+
+
 USER = lambda text: [{"role": "user", "content": text}]  # noqa: E731
 ASSISTANT = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
 
@@ -28,12 +34,21 @@ ASSISTANT = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
         ({"text": "hello world"}, {"text": "hello world"}),
         ({"prompt": "Q?", "response": "A"}, {"prompt": USER("Q?"), "completion": ASSISTANT("A")}),
         ({"instruction": "Q?", "response": "A"}, {"prompt": USER("Q?"), "completion": ASSISTANT("A")}),
-        ({"instruction": "Sum", "input": "1 2", "response": "3"},
-         {"prompt": USER("Sum\n\n1 2"), "completion": ASSISTANT("3")}),
+        (
+            {"instruction": "Sum", "input": "1 2", "response": "3"},
+            {"prompt": USER("Sum\n\n1 2"), "completion": ASSISTANT("3")},
+        ),
         ({"prompt": "Q?", "completion": "A"}, {"prompt": USER("Q?"), "completion": ASSISTANT("A")}),
-        ({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"},
-                       {"role": "assistant", "content": "A"}]},
-         {"prompt": [{"role": "system", "content": "S"}, *USER("Q?")], "completion": ASSISTANT("A")}),
+        (
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "Q?"},
+                    {"role": "assistant", "content": "A"},
+                ]
+            },
+            {"prompt": [{"role": "system", "content": "S"}, *USER("Q?")], "completion": ASSISTANT("A")},
+        ),
     ],
 )
 def test_sft_layouts_map_to_trl_columns(data, expected):
@@ -49,8 +64,9 @@ def test_preference_layouts():
     assert explicit == {"prompt": USER("Q?"), "chosen": ASSISTANT("good"), "rejected": ASSISTANT("bad")}
     implicit = convert("preference", {"chosen": "Q: 2+2? A: 4", "rejected": "Q: 2+2? A: 5"})
     assert implicit == {"prompt": "Q: 2+2? A:", "chosen": " 4", "rejected": " 5"}  # TRL splits at a word boundary
-    conversation = convert("preference", {"chosen": USER("Q?") + ASSISTANT("good"),
-                                          "rejected": USER("Q?") + ASSISTANT("bad")})
+    conversation = convert(
+        "preference", {"chosen": USER("Q?") + ASSISTANT("good"), "rejected": USER("Q?") + ASSISTANT("bad")}
+    )
     assert conversation == {"prompt": USER("Q?"), "chosen": ASSISTANT("good"), "rejected": ASSISTANT("bad")}
     assert convert("prompt_only", {"prompt": "Q?"}) == {"prompt": USER("Q?")}
 

@@ -12,8 +12,21 @@ from forge_trl.data.formats import LAYOUTS, to_trl_columns
 from forge_trl.data.rows import read_rows
 from forge_trl.errors import ForgeError
 
-FIELDS = ["prompt", "response", "completion", "chosen", "rejected", "messages", "text", "label", "instruction",
-          "input", "system", "role", "content"]
+FIELDS = [
+    "prompt",
+    "response",
+    "completion",
+    "chosen",
+    "rejected",
+    "messages",
+    "text",
+    "label",
+    "instruction",
+    "input",
+    "system",
+    "role",
+    "content",
+]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12))
 values = st.recursive(
     scalars,

@@ -11,12 +11,12 @@ import pytest
 from forge_trl.data.demo_suite import (
     DEMO_FILES,
     FILE_NAMES,
+    answer_first,
     build_items,
     check_answer,
     demo_dir,
     ensure_demo_suite,
     generate_demo_suite,
-    answer_first,
     split_items,
 )
 
@@ -90,27 +90,57 @@ def test_corpus_covers_every_file(suite):
                 assert key not in row or row[key] in corpus
 
 
-@pytest.mark.parametrize("response,answer", [
-    ("7", "7"), (" 7. ", "7"), ("7\nbecause 3 plus 4", "7"), ("cold", "cold"), ("Cold.", "cold"),
-    ("cold\nIt is cold.", "cold"), ("tuesday", "Tuesday"), ("blue!", "blue"), ("7, I think", "7"),
-])
+@pytest.mark.parametrize(
+    "response,answer",
+    [
+        ("7", "7"),
+        (" 7. ", "7"),
+        ("7\nbecause 3 plus 4", "7"),
+        ("cold", "cold"),
+        ("Cold.", "cold"),
+        ("cold\nIt is cold.", "cold"),
+        ("tuesday", "Tuesday"),
+        ("blue!", "blue"),
+        ("7, I think", "7"),
+    ],
+)
 def test_answer_first_accepts(response, answer):
     assert answer_first(response, answer)
 
 
-@pytest.mark.parametrize("response,answer", [
-    ("17", "7"), ("71", "7"), ("7.5", "7"), ("coldness", "cold"), ("cold-blooded", "cold"), ("hot", "cold"),
-    ("", "cold"), ("It is cold.", "cold"), ("Well, I believe the answer might be 7.", "7"),
-])
+@pytest.mark.parametrize(
+    "response,answer",
+    [
+        ("17", "7"),
+        ("71", "7"),
+        ("7.5", "7"),
+        ("coldness", "cold"),
+        ("cold-blooded", "cold"),
+        ("hot", "cold"),
+        ("", "cold"),
+        ("It is cold.", "cold"),
+        ("Well, I believe the answer might be 7.", "7"),
+    ],
+)
 def test_answer_first_rejects(response, answer):
     assert not answer_first(response, answer)
 
 
-@pytest.mark.parametrize("response,answer,ok", [
-    ("7", "7", True), (" 7. ", "7", True), ("Cold.", "cold", True), ("tuesday", "Tuesday", True),
-    ("7, I think", "7", False), ("cold. Well, let me think", "cold", False), ("17", "7", False),
-    ("It is 7.", "7", False), ("", "7", False), ("...", "7", False),
-])
+@pytest.mark.parametrize(
+    "response,answer,ok",
+    [
+        ("7", "7", True),
+        (" 7. ", "7", True),
+        ("Cold.", "cold", True),
+        ("tuesday", "Tuesday", True),
+        ("7, I think", "7", False),
+        ("cold. Well, let me think", "cold", False),
+        ("17", "7", False),
+        ("It is 7.", "7", False),
+        ("", "7", False),
+        ("...", "7", False),
+    ],
+)
 def test_checker_wants_the_bare_answer(response, answer, ok):
     assert check_answer(response, answer) is ok
 

@@ -14,8 +14,13 @@ DATA_FOR = {"sft": "demo_sft", "dpo": "demo_preference", "orpo": "demo_preferenc
 
 
 def base_overrides(strategy: str, task: str) -> list[str]:
-    return [f"task={task}", f"injection={strategy}", f"model={MODEL_FOR.get(strategy, 'tiny')}",
-            f"data={DATA_FOR[task]}", "task.learning_rate=1e-3"]
+    return [
+        f"task={task}",
+        f"injection={strategy}",
+        f"model={MODEL_FOR.get(strategy, 'tiny')}",
+        f"data={DATA_FOR[task]}",
+        "task.learning_rate=1e-3",
+    ]
 
 
 @pytest.mark.parametrize("task", ["sft", "dpo", "orpo", "rm"])
@@ -47,8 +52,9 @@ def sft_checkpoints(tmp_path_factory):
     out = {}
     for strategy in STRATEGIES:
         path = tmp_path_factory.mktemp(f"sft-{strategy}")
-        out[strategy], _, _ = train_in_process(path, *base_overrides(strategy, "sft"), "task.learning_rate=5e-3",
-                                               steps=4)
+        out[strategy], _, _ = train_in_process(
+            path, *base_overrides(strategy, "sft"), "task.learning_rate=5e-3", steps=4
+        )
     return out
 
 
@@ -77,8 +83,13 @@ def test_phases_switch_at_their_steps_even_when_trl_reenables_adapter_grads(sft_
     """Chained DPO: TRL's `ref` adapter pass calls set_adapter, which turns every default-adapter grad back on."""
     phases = "[{step:0,trainable:[router]},{step:2,trainable:[lora,attn_lora]},{step:4,trainable:[base_ffn]}]"
     final, watcher, _ = train_in_process(
-        tmp_path, *base_overrides("moe_expert_lora", "dpo"), f"model.name_or_path={sft_checkpoints['moe_expert_lora']}",
-        f"injection.phases={phases}", "task.warmup_steps=0", "task.lr_scheduler_type=constant", steps=6,
+        tmp_path,
+        *base_overrides("moe_expert_lora", "dpo"),
+        f"model.name_or_path={sft_checkpoints['moe_expert_lora']}",
+        f"injection.phases={phases}",
+        "task.warmup_steps=0",
+        "task.lr_scheduler_type=constant",
+        steps=6,
     )
     groups = groups_of(final, watcher.model)
     expected = [{"router"}, {"router"}, {"lora", "attn_lora"}, {"lora", "attn_lora"}, {"base_ffn"}, {"base_ffn"}]
@@ -90,13 +101,17 @@ def test_phases_switch_at_their_steps_even_when_trl_reenables_adapter_grads(sft_
 
 
 def test_handoff_scales_follow_their_curves_and_fold_into_the_adapter(tmp_path):
-    fades = {"lora": HandoffConfig(start_step=1, end_step=5, end_scale=0.0, curve="cosine"),
-             "attn_lora": HandoffConfig(start_step=0, end_step=4, end_scale=0.5, curve="linear")}
+    fades = {
+        "lora": HandoffConfig(start_step=1, end_step=5, end_scale=0.0, curve="cosine"),
+        "attn_lora": HandoffConfig(start_step=0, end_step=4, end_scale=0.5, curve="linear"),
+    }
     final, watcher, metrics = train_in_process(
-        tmp_path, *base_overrides("dense_lora", "sft"),
+        tmp_path,
+        *base_overrides("dense_lora", "sft"),
         "injection.handoff.lora={start_step:1,end_step:5,end_scale:0.0,curve:cosine}",
         "injection.handoff.attn_lora={start_step:0,end_step:4,end_scale:0.5,curve:linear}",
-        "injection.phases=[{step:0,trainable:[lora,attn_lora,base_ffn]}]", steps=6,
+        "injection.phases=[{step:0,trainable:[lora,attn_lora,base_ffn]}]",
+        steps=6,
     )
     base_scale = 32.0 / 16
     for step, scales in enumerate(watcher.scales_per_step):
@@ -117,8 +132,12 @@ def test_base_ffn_trained_by_phases_survives_final_and_the_next_stage(tmp_path):
     from forge_trl.injection.base import EXTRA_TRAINABLE_FILE
     from forge_trl.models.loading import load_for_inference
 
-    final, watcher, _ = train_in_process(tmp_path / "a", *base_overrides("dense_lora", "sft"),
-                                         "injection.phases=[{step:0,trainable:[lora,base_ffn]}]", steps=3)
+    final, watcher, _ = train_in_process(
+        tmp_path / "a",
+        *base_overrides("dense_lora", "sft"),
+        "injection.phases=[{step:0,trainable:[lora,base_ffn]}]",
+        steps=3,
+    )
     saved = load_file(str(final / EXTRA_TRAINABLE_FILE))
     assert saved and all("mlp" in name and "lora_" not in name for name in saved)
     ids = torch.tensor([[5, 17, 42, 9, 3]])
@@ -127,8 +146,13 @@ def test_base_ffn_trained_by_phases_survives_final_and_the_next_stage(tmp_path):
     with torch.no_grad():
         assert torch.allclose(trained(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-5)
     # A chained stage that does not train the FFN still carries the trained FFN weights into its own final/.
-    chained, _, _ = train_in_process(tmp_path / "b", *base_overrides("dense_lora", "sft"), f"model.name_or_path={final}",
-                                     "injection.phases=[{step:0,trainable:[attn_lora]}]", steps=1)
+    chained, _, _ = train_in_process(
+        tmp_path / "b",
+        *base_overrides("dense_lora", "sft"),
+        f"model.name_or_path={final}",
+        "injection.phases=[{step:0,trainable:[attn_lora]}]",
+        steps=1,
+    )
     carried = load_file(str(chained / EXTRA_TRAINABLE_FILE))
     assert carried.keys() == saved.keys() and all(torch.equal(carried[k], saved[k]) for k in saved)
 
@@ -144,6 +168,10 @@ def test_handoff_curve_matches_hand_values():
 
 def test_router_only_phase_on_identical_experts_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="forge_trl"):
-        train_in_process(tmp_path, *base_overrides("mixture_lora", "sft"),
-                         "injection.phases=[{step:0,trainable:[router]},{step:1,trainable:[lora]}]", steps=1)
+        train_in_process(
+            tmp_path,
+            *base_overrides("mixture_lora", "sft"),
+            "injection.phases=[{step:0,trainable:[router]},{step:1,trainable:[lora]}]",
+            steps=1,
+        )
     assert any("trains only the router while every expert is still identical" in r.message for r in caplog.records)

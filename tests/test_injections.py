@@ -14,6 +14,7 @@ from forge_trl.injection.moe_expert_lora import MoeExpertLoraLayer
 from forge_trl.injection.routing import RoutingRecorder, find_recorder, switch_balance_loss
 from forge_trl.models.checkpoint import write_final
 from forge_trl.models.loading import load_base_model, load_injected, load_tokenizer, resolve_source
+from forge_trl.models.run_info import RunInfo
 from tests.injection_support import STRATEGIES, save_tiny_model
 
 MODEL_NAME = {"native_moe_expert_lora": "forge-tiny-moe"}
@@ -32,7 +33,7 @@ def perturb_adapters(model, seed: int = 0) -> None:
     """Give every adapter weight (LoRA A/B, routers, heads) random values, as training would."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
 
@@ -162,8 +163,11 @@ def test_checkpoint_round_trip_gives_equal_logits(strategy, head, tmp_path):
     perturb_adapters(model)
     model.eval()
     write_final(
-        tmp_path, save_weights=lambda d: injection.save(model, d), tokenizer=tokenizer, resolved_config_yaml="",
-        run_info={"task": "test", "head": head, "base_model": source.base_id, "injection": injection.settings()},
+        tmp_path,
+        save_weights=lambda d: injection.save(model, d),
+        tokenizer=tokenizer,
+        resolved_config_yaml="",
+        run_info=RunInfo(task="test", head=head, base_model=source.base_id, injection=injection.settings()),
         overwrite=False,
     )
     again = resolve_source(str(tmp_path / "final"))
@@ -183,7 +187,7 @@ from transformers import AutoModelForCausalLM
 {loader or "model = AutoModelForCausalLM.from_pretrained(" + repr(str(directory)) + ").eval()"}
 ids = torch.tensor({IDS.tolist()})
 with torch.no_grad():
-    torch.save(model(ids).logits, {str(tmp_path / 'logits.pt')!r})
+    torch.save(model(ids).logits, {str(tmp_path / "logits.pt")!r})
 assert not any(m.startswith("forge_trl") for m in sys.modules), "forge_trl was imported"
 print(type(model).__name__, model.config.model_type)
 """
@@ -195,9 +199,12 @@ print(type(model).__name__, model.config.model_type)
 
 def save_checkpoint(tmp_path, source, tokenizer, injection, model):
     return write_final(
-        tmp_path / "run", save_weights=lambda d: injection.save(model, d), tokenizer=tokenizer,
-        resolved_config_yaml="", overwrite=False,
-        run_info={"task": "sft", "head": "causal_lm", "base_model": source.base_id, "injection": injection.settings()},
+        tmp_path / "run",
+        save_weights=lambda d: injection.save(model, d),
+        tokenizer=tokenizer,
+        resolved_config_yaml="",
+        overwrite=False,
+        run_info=RunInfo(task="sft", head="causal_lm", base_model=source.base_id, injection=injection.settings()),
     )
 
 
@@ -254,10 +261,13 @@ def test_mixture_lora_exports_base_plus_adapter_with_a_standalone_loader(tmp_pat
 
 
 # --------------------------------------------------------------------------------------------- preflight
-@pytest.mark.parametrize("strategy, model_name, message", [
-    ("native_moe_expert_lora", "forge-tiny", "needs a native MoE model"),
-    ("moe_expert_lora", "forge-tiny-moe", "already has MoE FFNs"),
-])
+@pytest.mark.parametrize(
+    "strategy, model_name, message",
+    [
+        ("native_moe_expert_lora", "forge-tiny", "needs a native MoE model"),
+        ("moe_expert_lora", "forge-tiny-moe", "already has MoE FFNs"),
+    ],
+)
 def test_strategy_that_does_not_suit_the_architecture_fails_preflight(strategy, model_name, message):
     from forge_trl.errors import ConfigError
 
@@ -268,28 +278,36 @@ def test_strategy_that_does_not_suit_the_architecture_fails_preflight(strategy, 
         load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["checkpoint=./no/such/run/final", "out=x"], "'./no/such/run/final' does not exist"),
-    (["checkpoint=outputs/x"], "missing out=..."),
-    (["model=x", "out=y"], "unexpected argument 'model=x'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["checkpoint=./no/such/run/final", "out=x"], "'./no/such/run/final' does not exist"),
+        (["checkpoint=outputs/x"], "missing out=..."),
+        (["model=x", "out=y"], "unknown key 'model'"),
+    ],
+)
 def test_export_cli_bad_input_gives_one_line_and_exit_2(args, fragment, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "forge_trl.export", *args], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "forge_trl.export", *args], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 2, done.stderr[-1000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("forge_trl:")]
     assert len(lines) == 1 and fragment in lines[0], done.stderr[-1000:]
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("model_type, extra", [
-    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
-    ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2}),
-])
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [
+        ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        ("olmoe", {"num_experts": 4, "num_experts_per_tok": 2}),
+    ],
+)
 def test_native_moe_expert_lora_on_other_moe_families(model_type, extra, tmp_path):
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    source = resolve_source(str(save_tiny_model(tmp_path / model_type, model_type, tokenizer,
-                                                intermediate_size=48, **extra)))
+    source = resolve_source(
+        str(save_tiny_model(tmp_path / model_type, model_type, tokenizer, intermediate_size=48, **extra))
+    )
     injection = get_injection("native_moe_expert_lora").from_settings({"name": "native_moe_expert_lora"})
     model = load_injected(source, injection, "causal_lm", ModelConfig(), "fp32", tokenizer)
     groups = injection.parameter_groups(model)

@@ -14,8 +14,14 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(root / "pyproject.toml")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_package_imports_follow_the_declared_layers_without_cycles():
@@ -29,7 +35,9 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     shutil.copytree(ROOT / "forge_trl", tmp_path / "forge_trl", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     with (tmp_path / "forge_trl" / "config" / "__init__.py").open("a", encoding="utf-8") as handle:
-        handle.write("\n\ndef _upward():\n    from forge_trl.commands import main  # a function-local import counts too\n")
+        handle.write(
+            "\n\ndef _upward():\n    from forge_trl.commands import main  # a function-local import counts too\n"
+        )
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "forge_trl.config -> forge_trl.commands" in result.stdout

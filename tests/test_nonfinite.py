@@ -27,9 +27,16 @@ class PoisonLoss(TrainerCallback):
 
 def test_one_non_finite_step_is_skipped_and_leaves_the_weights_alone(tmp_path):
     watcher = ParamWatcher()
-    final, _, metrics = train_in_process(tmp_path, "task=sft", "data=demo_sft", "task.learning_rate=1e-3",
-                                         "task.warmup_steps=0", "task.lr_scheduler_type=constant",
-                                         steps=4, callbacks=(PoisonLoss({1}), watcher))
+    final, _, metrics = train_in_process(
+        tmp_path,
+        "task=sft",
+        "data=demo_sft",
+        "task.learning_rate=1e-3",
+        "task.warmup_steps=0",
+        "task.lr_scheduler_type=constant",
+        steps=4,
+        callbacks=(PoisonLoss({1}), watcher),
+    )
     assert final.is_dir()
     assert [bool(changed) for changed in watcher.changed_per_step] == [True, False, True, True]
     assert max(r.get("nonfinite_skipped", 0) for r in metrics) == 1
@@ -38,8 +45,15 @@ def test_one_non_finite_step_is_skipped_and_leaves_the_weights_alone(tmp_path):
 
 def test_a_run_that_stays_non_finite_stops_without_a_final(tmp_path):
     with pytest.raises(TrainingError, match="stopped at step 3 after 2 optimizer steps in a row") as failure:
-        train_in_process(tmp_path, "task=sft", "data=demo_sft", "max_nonfinite_steps=2", "task.save_steps=1",
-                         steps=6, callbacks=(PoisonLoss({1, 2, 3, 4, 5}),))
+        train_in_process(
+            tmp_path,
+            "task=sft",
+            "data=demo_sft",
+            "max_nonfinite_steps=2",
+            "task.save_steps=1",
+            steps=6,
+            callbacks=(PoisonLoss({1, 2, 3, 4, 5}),),
+        )
     assert not (tmp_path / "final").exists()
     # Skipped steps leave the weights as they were, so the newest checkpoint is a good one, and it is named.
     newest = list_checkpoints(tmp_path)[-1]

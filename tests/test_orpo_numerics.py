@@ -30,8 +30,21 @@ def log_odds_64(x: float) -> float:
 
 # Per-token average log-probs: nearly certain responses (what bf16 logits saturate to), around the branch point
 # -ln 2, ordinary ones, and long unlikely responses whose exp underflows in float32.
-AVERAGES = [-1e-6, -3e-6, -1e-4, bf16(-1e-4), bf16(-3e-3), -0.05, -0.6931, -0.6932, -1.0, bf16(-2.7), -30.0,
-            -120.0, -2000.0]
+AVERAGES = [
+    -1e-6,
+    -3e-6,
+    -1e-4,
+    bf16(-1e-4),
+    bf16(-3e-3),
+    -0.05,
+    -0.6931,
+    -0.6932,
+    -1.0,
+    bf16(-2.7),
+    -30.0,
+    -120.0,
+    -2000.0,
+]
 
 
 @pytest.mark.parametrize("x", AVERAGES)

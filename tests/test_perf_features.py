@@ -31,14 +31,22 @@ def preference_run(tmp_path, task, strategy, split, hook=None, steps=3, extra=()
                 model.get_input_embeddings().register_forward_pre_hook(hook)
 
     _, _, metrics = train_in_process(
-        tmp_path / f"{task}-{strategy}-{split}", f"task={task}", f"injection={strategy}",
-        f"model={MODEL_FOR.get(strategy, 'tiny')}", "data=demo_preference", "task.learning_rate=1e-3",
-        "injection.dropout=0", f"task.split_pairs={split}", *extra, steps=steps, callbacks=(HookEmbedding(),))
+        tmp_path / f"{task}-{strategy}-{split}",
+        f"task={task}",
+        f"injection={strategy}",
+        f"model={MODEL_FOR.get(strategy, 'tiny')}",
+        "data=demo_preference",
+        "task.learning_rate=1e-3",
+        "injection.dropout=0",
+        f"task.split_pairs={split}",
+        *extra,
+        steps=steps,
+        callbacks=(HookEmbedding(),),
+    )
     return [r for r in metrics if "loss" in r]
 
 
-@pytest.mark.parametrize(("task", "extra"), [("dpo", ()), ("orpo", ()),
-                                             ("dpo", ("task.gradient_checkpointing=true",))])
+@pytest.mark.parametrize(("task", "extra"), [("dpo", ()), ("orpo", ()), ("dpo", ("task.gradient_checkpointing=true",))])
 def test_split_pairs_gives_the_one_batch_step_and_recomputes_the_first_half(task, extra, tmp_path):
     whole = preference_run(tmp_path, task, "dense_lora", "false", extra=extra)
     sizes = BatchSizes()
@@ -97,8 +105,10 @@ def test_packed_rows_give_each_sequence_its_own_log_probs():
     model, tokenizer = AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(directory)
     texts = ["the cat sat on the mat", "two plus two is four", "a small model learns"]
     seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    examples = [{"input_ids": seqs[0] + seqs[1], "seq_lengths": [len(seqs[0]), len(seqs[1])]},
-                {"input_ids": seqs[2], "seq_lengths": [len(seqs[2])]}]
+    examples = [
+        {"input_ids": seqs[0] + seqs[1], "seq_lengths": [len(seqs[0]), len(seqs[1])]},
+        {"input_ids": seqs[2], "seq_lengths": [len(seqs[2])]},
+    ]
     batch = packing.packed_rows_collator(tokenizer.pad_token_id)(examples)
 
     assert batch["position_ids"][0].tolist() == list(range(len(seqs[0]))) + list(range(len(seqs[1])))
@@ -106,18 +116,23 @@ def test_packed_rows_give_each_sequence_its_own_log_probs():
     # use_cache=False as in training (TRL's fused LM head sets it): with a cache, transformers skips the packed
     # sequence detection.
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       use_cache=False).logits.log_softmax(-1)
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits.log_softmax(-1)
         alone = [model(input_ids=torch.tensor([s])).logits.log_softmax(-1)[0] for s in seqs]
     n0, n1, n2 = (len(s) for s in seqs)
     torch.testing.assert_close(packed[0, :n0], alone[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(packed[0, n0:n0 + n1], alone[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[0, n0 : n0 + n1], alone[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(packed[1, :n2], alone[2], atol=1e-5, rtol=1e-4)
     # The same rows with the padding mask TRL would pass: attention crosses the boundary and the values differ.
     with torch.no_grad():
-        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                      attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
-    assert not torch.allclose(leaky[0, n0:n0 + n1], alone[1], atol=1e-3)
+        leaky = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            attention_mask=batch["attention_mask"],
+        ).logits.log_softmax(-1)
+    assert not torch.allclose(leaky[0, n0 : n0 + n1], alone[1], atol=1e-3)
 
 
 def test_packed_sft_trains_on_rows_and_logs_real_tokens(tmp_path, monkeypatch):
@@ -137,8 +152,16 @@ def test_packed_sft_trains_on_rows_and_logs_real_tokens(tmp_path, monkeypatch):
         return collator
 
     monkeypatch.setattr(packing, "packed_rows_collator", recording)
-    _, _, metrics = train_in_process(tmp_path, "task=sft", "data=demo_sft", "task.packing=true", "data.max_length=64",
-                                     "task.per_device_train_batch_size=4", "task.learning_rate=1e-3", steps=12)
+    _, _, metrics = train_in_process(
+        tmp_path,
+        "task=sft",
+        "data=demo_sft",
+        "task.packing=true",
+        "data.max_length=64",
+        "task.per_device_train_batch_size=4",
+        "task.learning_rate=1e-3",
+        steps=12,
+    )
     logs = [r for r in metrics if "loss" in r]
     first = batches[0]
     assert first["position_ids"].shape[0] == 4  # four rows, not one flattened row

@@ -60,16 +60,36 @@ def plugin_dir(tmp_path_factory):
 
 def forge(plugin_dir, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FORGE_TRL_PLUGINS": str(plugin_dir), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "forge_trl", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "forge_trl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_plugin_task_trains_chained_from_sft_with_that_checkpoint_as_reference(plugin_dir, tmp_path):
-    sft = run(compose([f"output_dir={tmp_path / 'sft'}", "task=sft", "task.max_steps=3", "plot=false",
-                       "task.learning_rate=5e-3", "task.per_device_train_batch_size=2"]))
-    result = forge(plugin_dir, "task=toy_hinge_sharp", f"model.name_or_path={sft}", f"output_dir={tmp_path / 'toy'}",
-                   "task.max_steps=8", "task.logging_steps=1", "task.per_device_train_batch_size=4", "plot=false",
-                   "task.lr_scheduler_type=constant", "task.warmup_steps=0")
+    sft = run(
+        compose(
+            [
+                f"output_dir={tmp_path / 'sft'}",
+                "task=sft",
+                "task.max_steps=3",
+                "plot=false",
+                "task.learning_rate=5e-3",
+                "task.per_device_train_batch_size=2",
+            ]
+        )
+    )
+    result = forge(
+        plugin_dir,
+        "task=toy_hinge_sharp",
+        f"model.name_or_path={sft}",
+        f"output_dir={tmp_path / 'toy'}",
+        "task.max_steps=8",
+        "task.logging_steps=1",
+        "task.per_device_train_batch_size=4",
+        "plot=false",
+        "task.lr_scheduler_type=constant",
+        "task.warmup_steps=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "toy" / "final" / "forge_run.json").read_text())
     assert info["task"] == "toy_hinge"

@@ -8,8 +8,16 @@ from forge_trl.config import ModelConfig, to_typed
 from forge_trl.injection.dense_lora import DenseLoraConfig, DenseLoraInjection
 from forge_trl.models.loading import load_injected, load_tokenizer, resolve_source
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=8, vocab_size=1175, max_position_embeddings=128)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    vocab_size=1175,
+    max_position_embeddings=128,
+)
 ARCHITECTURES = {
     "qwen3_0_6b": ("Qwen/Qwen3-0.6B", "qwen3", {}),
     "qwen3_5_0_8b": ("Qwen/Qwen3.5-0.8B", "qwen3_5_text", {"layer_types": ["linear_attention", "full_attention"]}),
@@ -55,8 +63,9 @@ def test_4bit_quantized_base_trains_lora_on_cpu():
     source = resolve_source("forge-tiny")
     tokenizer = load_tokenizer(source.tokenizer_path)
     injection = DenseLoraInjection(DenseLoraConfig(r=4))
-    model = load_injected(source, injection, "causal_lm", ModelConfig(dtype="float32", quantization="4bit"), "fp32",
-                          tokenizer)
+    model = load_injected(
+        source, injection, "causal_lm", ModelConfig(dtype="float32", quantization="4bit"), "fp32", tokenizer
+    )
     assert getattr(model, "is_loaded_in_4bit", False)
     batch = tokenizer(["What is 3 plus 4? 7"], return_tensors="pt")
     loss = model(**batch, labels=batch["input_ids"]).loss

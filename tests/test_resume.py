@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
-from conftest import REPO
-from forge_trl.trainers.callbacks import read_metrics
 from forge_trl.models.checkpoint import list_checkpoints, staging_dir
+from forge_trl.trainers.callbacks import read_metrics
 
 WEIGHT_TOLERANCE = 1e-6  # max |difference| allowed between resumed and uninterrupted final weights (expected: 0)
 ADAPTER = "adapter_model.safetensors"
 
 # Runs in the child process before forge's CLI. It never changes what is computed: it sleeps after each step, or
 # SIGKILLs the process between writing a checkpoint's optimizer state and its trainer state.
-DRIVER = r'''
+DRIVER = r"""
 import os, signal, sys, time
 import transformers
 from transformers.trainer_callback import CallbackHandler
@@ -55,13 +55,15 @@ if kill_at:
 
 from forge_trl.commands.train import main
 main(sys.argv[1:])
-'''
+"""
 
 # The SFT runs also carry a training schedule that is mid-way at every checkpoint: from step 2 a phase that trains
 # the base FFN too (weights a LoRA checkpoint does not hold; forge saves them beside it), and a LoRA handoff that
 # fades between steps 1 and 8. A resumed run must re-enter that phase and that scale at the checkpoint's step.
-SCHEDULE = ["injection.phases=[{step:0,trainable:[attn_lora]},{step:2,trainable:[lora,attn_lora,base_ffn]}]",
-            "injection.handoff.lora={start_step:1,end_step:8,end_scale:0.3}"]
+SCHEDULE = [
+    "injection.phases=[{step:0,trainable:[attn_lora]},{step:2,trainable:[lora,attn_lora,base_ffn]}]",
+    "injection.handoff.lora={start_step:1,end_step:8,end_scale:0.3}",
+]
 SFT = ["task=sft", "data=demo_sft", "task.max_steps=10", "task.save_steps=3", "task.learning_rate=1e-3", *SCHEDULE]
 DPO = ["task=dpo", "data=demo_preference", "task.max_steps=8", "task.save_steps=3", "task.learning_rate=1e-3"]
 COMMON = ["task.per_device_train_batch_size=2", "task.logging_steps=1", "plot=false", "seed=7", "data.max_rows=64"]
@@ -73,8 +75,14 @@ def child_env(**extra: str) -> dict:
 
 
 def forge(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "forge_trl", f"output_dir={out}", *COMMON, *overrides],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, env=child_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "forge_trl", f"output_dir={out}", *COMMON, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -82,8 +90,14 @@ def forge(out: Path, *overrides: str) -> subprocess.CompletedProcess:
 def driven(out: Path, *overrides: str, **env: str) -> subprocess.Popen:
     driver = out.parent / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
-    return subprocess.Popen([sys.executable, str(driver), f"output_dir={out}", *COMMON, *overrides], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env(**env))
+    return subprocess.Popen(
+        [sys.executable, str(driver), f"output_dir={out}", *COMMON, *overrides],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(**env),
+    )
 
 
 def kill_after_first_checkpoint(out: Path, *overrides: str) -> Path:
@@ -194,9 +208,16 @@ def ppo_chain(tmp_path_factory):
 
 def test_ppo_killed_mid_run_resumes_to_the_same_weights(ppo_chain, tmp_path):
     sft, rm = ppo_chain
-    ppo = ["task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}", "task.max_steps=6",
-           "task.save_steps=2", "task.response_length=4", "task.per_device_train_batch_size=4",
-           "task.learning_rate=1e-3"]
+    ppo = [
+        "task=ppo",
+        f"model.name_or_path={sft}",
+        f"task.reward_model.checkpoint_path={rm}",
+        "task.max_steps=6",
+        "task.save_steps=2",
+        "task.response_length=4",
+        "task.per_device_train_batch_size=4",
+        "task.learning_rate=1e-3",
+    ]
     reference = tmp_path / "reference"
     forge(reference, *ppo)
     out = tmp_path / "run"

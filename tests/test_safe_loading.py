@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from forge_trl.commands.compose import compose
 from forge_trl.config import ModelConfig
 from forge_trl.errors import ConfigError, ModelError
@@ -42,8 +42,7 @@ def test_model_dir_with_only_pickle_weights_is_refused_naming_the_file(tiny_dir)
 
 def test_refusal_is_one_line_with_exit_2_before_anything_trains(tiny_dir, tmp_path):
     as_pickle(tiny_dir, "model.safetensors", "weights.pt")
-    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1",
-                     f"model.name_or_path={tiny_dir}")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1", f"model.name_or_path={tiny_dir}")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]
     assert len(errors) == 1 and "weights.pt' is a pickle weight file" in errors[0], result.stderr[-2000:]
@@ -53,8 +52,17 @@ def test_refusal_is_one_line_with_exit_2_before_anything_trains(tiny_dir, tmp_pa
 def test_forge_checkpoint_with_a_pickle_adapter_is_refused(tmp_path):
     checkpoint = tmp_path / "final"
     checkpoint.mkdir()
-    (checkpoint / "forge_run.json").write_text(json.dumps(
-        {"injection": {"name": "dense_lora"}, "base_model": "forge-tiny", "task": "sft"}))
+    (checkpoint / "forge_run.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "injection": {"name": "dense_lora"},
+                "base_model": "forge-tiny",
+                "task": "sft",
+                "head": "causal_lm",
+            }
+        )
+    )
     torch.save({"lora_A": torch.zeros(2, 2)}, checkpoint / "adapter_model.bin")
     with pytest.raises(ModelError, match=r"forge checkpoint '.*adapter_model\.bin' is a pickle weight file"):
         resolve_source(str(checkpoint))
@@ -103,24 +111,27 @@ def with_custom_code(directory: Path, marker: Path, model_type: str) -> Path:
     """Give a model directory an auto_map to Python files that, if ever imported, create `marker`."""
     config = json.loads((directory / "config.json").read_text())
     config["model_type"] = model_type
-    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
-                          "AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_custom.CustomConfig",
+        "AutoModelForCausalLM": "modeling_custom.CustomModel",
+    }
     (directory / "config.json").write_text(json.dumps(config))
     side_effect = f"open({str(marker)!r}, 'w').write('imported')\n"
     (directory / "configuration_custom.py").write_text(
         side_effect + "from transformers import Qwen3Config\n\n"
-        f"class CustomConfig(Qwen3Config):\n    model_type = {model_type!r}\n")
+        f"class CustomConfig(Qwen3Config):\n    model_type = {model_type!r}\n"
+    )
     (directory / "modeling_custom.py").write_text(
         side_effect + "from transformers import Qwen3ForCausalLM\nfrom .configuration_custom import CustomConfig\n\n"
-        "class CustomModel(Qwen3ForCausalLM):\n    config_class = CustomConfig\n")
+        "class CustomModel(Qwen3ForCausalLM):\n    config_class = CustomConfig\n"
+    )
     return directory
 
 
 def test_model_that_needs_its_own_code_is_refused_without_trust_remote_code(tiny_dir, tmp_path):
     marker = tmp_path / "custom_code_ran"
     with_custom_code(tiny_dir, marker, "forge_custom_arch")
-    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1",
-                     f"model.name_or_path={tiny_dir}")
+    result = run_cli(f"output_dir={tmp_path / 'run'}", "task=sft", "task.max_steps=1", f"model.name_or_path={tiny_dir}")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]
     assert len(errors) == 1, result.stderr[-2000:]
@@ -129,8 +140,9 @@ def test_model_that_needs_its_own_code_is_refused_without_trust_remote_code(tiny
     assert not marker.exists(), "the model's code ran without trust_remote_code"
     # The same refusal, in process, for the model itself (hub ids reach transformers without a local check).
     with pytest.raises(ModelError, match="needs its own Python code"):
-        load_base_model(str(tiny_dir), "causal_lm", ModelConfig(), "fp32", load_tokenizer(str(resolve_source(
-            "forge-tiny").base)))
+        load_base_model(
+            str(tiny_dir), "causal_lm", ModelConfig(), "fp32", load_tokenizer(str(resolve_source("forge-tiny").base))
+        )
     assert not marker.exists()
 
 
@@ -161,24 +173,28 @@ def probe_module(tmp_path, monkeypatch):
     """An importable module that records being imported: any config value that reached importlib would show."""
     marker = tmp_path / "probe_imported"
     (tmp_path / "forge_probe_module.py").write_text(
-        f"open({str(marker)!r}, 'w').write('x')\ndef run(*a, **k):\n    pass\nclass Task:\n    pass\n")
+        f"open({str(marker)!r}, 'w').write('x')\ndef run(*a, **k):\n    pass\nclass Task:\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield marker
     sys.modules.pop("forge_probe_module", None)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["task=forge_probe_module.Task"], "unknown task 'forge_probe_module.Task'"),
-    (["task=os.system"], "unknown task 'os.system'"),
-    (["injection=forge_probe_module.Task"], "unknown injection 'forge_probe_module.Task'"),
-    (["task.name=forge_probe_module.Task"], "unknown task 'forge_probe_module.Task'"),
-    (["injection.name=forge_trl.injection.dense_lora.DenseLoraInjection"], "unknown injection"),
-    (["+task._target_=forge_probe_module.run"], "unknown config key 'task._target_'; forge_trl never instantiates"),
-    (["+_target_=forge_probe_module.run"], "unknown config key '_target_'"),
-    (["+model._target_=forge_probe_module.run", "+model._args_=[1]"], "unknown config key 'model._target_'"),
-    (["+data.loader=forge_probe_module.run"], "unknown config key 'data.loader'"),
-    (["injection.phases=[{step:0,trainable:[lora],_target_:forge_probe_module.run}]"], "_target_"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["task=forge_probe_module.Task"], "unknown task 'forge_probe_module.Task'"),
+        (["task=os.system"], "unknown task 'os.system'"),
+        (["injection=forge_probe_module.Task"], "unknown injection 'forge_probe_module.Task'"),
+        (["task.name=forge_probe_module.Task"], "unknown task 'forge_probe_module.Task'"),
+        (["injection.name=forge_trl.injection.dense_lora.DenseLoraInjection"], "unknown injection"),
+        (["+task._target_=forge_probe_module.run"], "unknown config key 'task._target_'; forge_trl never instantiates"),
+        (["+_target_=forge_probe_module.run"], "unknown config key '_target_'"),
+        (["+model._target_=forge_probe_module.run", "+model._args_=[1]"], "unknown config key 'model._target_'"),
+        (["+data.loader=forge_probe_module.run"], "unknown config key 'data.loader'"),
+        (["injection.phases=[{step:0,trainable:[lora],_target_:forge_probe_module.run}]"], "_target_"),
+    ],
+)
 def test_config_values_never_import_code(overrides, message, probe_module, tmp_path):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run(compose([f"output_dir={tmp_path / 'run'}", *overrides]))
@@ -190,8 +206,16 @@ def test_trl_args_cannot_smuggle_a_target_either(probe_module, tmp_path):
     """task.trl_args is an open dict (options forge does not name), passed to the TRL config class as keywords;
     an unknown one is refused by name, and nothing is imported for it."""
     with pytest.raises(ConfigError, match="SFTConfig has no field '_target_'"):
-        run(compose([f"output_dir={tmp_path / 'run'}", "task.max_steps=1", "data.max_rows=8",
-                     "+task.trl_args._target_=forge_probe_module.run"]))
+        run(
+            compose(
+                [
+                    f"output_dir={tmp_path / 'run'}",
+                    "task.max_steps=1",
+                    "data.max_rows=8",
+                    "+task.trl_args._target_=forge_probe_module.run",
+                ]
+            )
+        )
     assert not probe_module.exists()
 
 

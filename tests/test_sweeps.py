@@ -7,14 +7,20 @@ import json
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from forge_trl.commands.sweep_report import report
 
-from conftest import run_cli
-
 # A few optimizer steps per job on a few rows, and a small bench, so that a sweep costs seconds per job.
-QUICK = ["data=demo_preference", "data.max_rows=8", "task.max_steps=2", "task.per_device_train_batch_size=2",
-         "bench.max_rows=4", "bench.max_new_tokens=4", "plot=false"]
+QUICK = [
+    "data=demo_preference",
+    "data.max_rows=8",
+    "task.max_steps=2",
+    "task.per_device_train_batch_size=2",
+    "bench.max_rows=4",
+    "bench.max_new_tokens=4",
+    "plot=false",
+]
 
 
 def test_beta_sweep_runs_each_job_in_its_own_dir_and_one_bad_job_loses_nothing(tmp_path):
@@ -25,8 +31,9 @@ def test_beta_sweep_runs_each_job_in_its_own_dir_and_one_bad_job_loses_nothing(t
     assert "1 sweep job(s) failed" in result.stderr and "task.beta: must be positive" in result.stderr
     finished = sorted(p.parent.parent.name for p in sweep.glob("*/final/forge_run.json"))
     assert finished == ["0", "1", "3"]
-    betas = {yaml.safe_load((sweep / j / "final" / "resolved_config.yaml").read_text())["task"]["beta"]
-             for j in finished}
+    betas = {
+        yaml.safe_load((sweep / j / "final" / "resolved_config.yaml").read_text())["task"]["beta"] for j in finished
+    }
     assert betas == {0.05, 0.1, 0.3}
     for job in finished:  # each job was benched on held-out data
         row = json.loads((sweep / job / "bench.json").read_text())["checkpoints"][0]
@@ -50,16 +57,29 @@ def test_sweep_report_cli_refuses_a_directory_that_is_not_a_sweep(tmp_path):
 
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, "-m", "forge_trl.sweep_report", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "forge_trl.sweep_report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "no job directories" in result.stderr
 
 
 def test_optuna_sweep_returns_the_bench_objective_of_each_trial(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
-    result = run_cli("-m", "task=dpo", "hydra/sweeper=dpo_optuna", "hydra.sweeper.n_trials=2",
-                     "bench.objective=preference_accuracy", *QUICK, f"hydra.sweep.dir={sweep}", timeout=600)
+    result = run_cli(
+        "-m",
+        "task=dpo",
+        "hydra/sweeper=dpo_optuna",
+        "hydra.sweeper.n_trials=2",
+        "bench.objective=preference_accuracy",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     trials = {}

@@ -20,6 +20,7 @@ import urllib.request
 from typing import Sequence
 
 from forge_trl.config.bench import JudgeConfig
+from forge_trl.data.prompts import heldout_text
 from forge_trl.errors import ForgeError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class RewardModelJudge:
         self.name = f"rm:{checkpoint}"
         self.model, self.tokenizer = load_reward_model(checkpoint)
 
-    def compare(self, prompts: Sequence[str], target: Sequence[str], baseline: Sequence[str]) -> list[float]:
+    def compare(self, prompts: Sequence[dict | str], target: Sequence[str], baseline: Sequence[str]) -> list[float]:
         from forge_trl.bench.metrics import reward_scores
 
         ours = reward_scores(self.model, self.tokenizer, prompts, target)
@@ -52,6 +53,8 @@ class RewardModelJudge:
 
 class HttpJudge:
     def __init__(self, cfg: JudgeConfig):
+        if cfg.url is None:
+            raise JudgeError("bench.judge.url: not set; the HTTP judge needs an OpenAI-compatible endpoint")
         self.cfg = cfg
         self.name = f"http:{cfg.url}"
         self.endpoint = cfg.url.rstrip("/") + "/chat/completions"
@@ -64,8 +67,11 @@ class HttpJudge:
             "max_tokens": 4,
             "messages": [
                 {"role": "system", "content": JUDGE_INSTRUCTIONS},
-                {"role": "user", "content": f"Request:\n{prompt}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\n"
-                                            "Which answer is better? Reply A or B."},
+                {
+                    "role": "user",
+                    "content": f"Request:\n{prompt}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\n"
+                    "Which answer is better? Reply A or B.",
+                },
             ],
         }
         headers = {"Content-Type": "application/json"}
@@ -86,14 +92,16 @@ class HttpJudge:
         try:
             return str(payload["choices"][0]["message"]["content"])
         except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"bench.judge.url: {self.endpoint} answered without choices[0].message.content; "
-                             "expected an OpenAI-compatible chat-completions response") from None
+            raise JudgeError(
+                f"bench.judge.url: {self.endpoint} answered without choices[0].message.content; "
+                "expected an OpenAI-compatible chat-completions response"
+            ) from None
 
-    def compare(self, prompts: Sequence[str], target: Sequence[str], baseline: Sequence[str]) -> list[float]:
+    def compare(self, prompts: Sequence[dict | str], target: Sequence[str], baseline: Sequence[str]) -> list[float]:
         outcomes = []
         for i, (prompt, ours, theirs) in enumerate(zip(prompts, target, baseline)):
             target_first = i % 2 == 0
-            reply = self._ask(prompt, *((ours, theirs) if target_first else (theirs, ours)))
+            reply = self._ask(heldout_text(prompt), *((ours, theirs) if target_first else (theirs, ours)))
             verdict = VERDICT.search(reply.strip().upper())
             if verdict is None:
                 self.unparsed += 1
@@ -116,5 +124,7 @@ def make_judge(cfg: JudgeConfig):
         return HttpJudge(cfg)
     if cfg.reward_model:
         return RewardModelJudge(cfg.reward_model)
-    raise JudgeError("bench.judge.baseline is set but no judge: set bench.judge.reward_model (a task=rm checkpoint) "
-                     "or bench.judge.url (an OpenAI-compatible endpoint)")
+    raise JudgeError(
+        "bench.judge.baseline is set but no judge: set bench.judge.reward_model (a task=rm checkpoint) "
+        "or bench.judge.url (an OpenAI-compatible endpoint)"
+    )

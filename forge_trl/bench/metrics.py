@@ -1,31 +1,31 @@
 """Held-out metrics computed directly from a model: greedy responses and preference accuracy.
 
-Prompts are rendered with the tokenizer's chat template (when it has one), exactly as training saw them.
+A held-out prompt is a row (`{prompt, [system]}`, or a bare prompt string) or a preference pair row. It takes the
+row -> TRL columns path that training rows take and goes through the one prompt renderer
+(forge_trl/data/prompts.py), so the model is asked exactly what it was trained on: system turn, chat template,
+generation prompt and special tokens included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
-from forge_trl.data.filters import render_pair
+from forge_trl.data.prompts import (
+    completion_column,
+    encode,
+    encode_prompts,
+    heldout_columns,
+    heldout_prompt,
+    is_conversational,
+    render_sequence,
+    split_preference,
+)
 
-
-def render_prompt(tokenizer, prompt: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
-    return prompt
-
-
-def render_completion(tokenizer, prompt: str, completion: str) -> tuple[str, str]:
-    """(prompt text, prompt + completion text) as training rendered them."""
-    if getattr(tokenizer, "chat_template", None):
-        return render_pair(tokenizer, [{"role": "user", "content": prompt}],
-                           [{"role": "assistant", "content": completion}])
-    return render_pair(tokenizer, prompt, completion + (tokenizer.eos_token or ""))
+# A held-out prompt: a row with `prompt` and optionally `system` (extra fields ignored), or the bare prompt text.
+HeldOutPrompt = Union[dict, str]
 
 
 @dataclass
@@ -38,8 +38,16 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
-                       temperature: float | None = None, progress: bool = False) -> list[Generation]:
+def generate_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[HeldOutPrompt],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    temperature: float | None = None,
+    progress: bool = False,
+) -> list[Generation]:
     """Responses to `prompts` (left-padded batches): greedy, or sampled at `temperature` when it is set."""
     from tqdm.auto import tqdm
 
@@ -50,8 +58,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
     try:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
-            texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            columns = [heldout_prompt(p, tokenizer) for p in prompts[start : start + batch_size]]
+            batch = encode_prompts(tokenizer, columns, return_tensors="pt", padding=True).to(model.device)
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -61,7 +69,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
             )
-            for row in generated[:, batch["input_ids"].shape[1]:].tolist():
+            for row in generated[:, batch["input_ids"].shape[1] :].tolist():
                 # generate() pads finished rows with pad (which may equal eos): the response ends at the first eos.
                 stopped = eos in row
                 kept = row[: row.index(eos)] if stopped else row
@@ -71,30 +79,42 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
     return outputs
 
 
-def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
-             temperature: float | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[HeldOutPrompt],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    temperature: float | None = None,
+) -> list[str]:
     """The texts of `generate_responses`."""
-    return [g.text for g in generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                               batch_size=batch_size, temperature=temperature)]
+    return [
+        g.text
+        for g in generate_responses(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature
+        )
+    ]
 
 
 @torch.no_grad()
-def mean_completion_logps(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32) -> list[float]:
-    """Per-token average log-probability of each completion given its prompt (ORPO's normalisation)."""
+def mean_completion_logps(
+    model, tokenizer, tokenized: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 32
+) -> list[float]:
+    """Per-token average log-probability of each completion given its prompt (ORPO's normalisation); `tokenized`
+    holds (prompt ids, completion ids) pairs."""
     results = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        rendered = [render_completion(tokenizer, p, c) for p, c in chunk]
-        prompt_ids = tokenizer([r[0] for r in rendered], add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer([r[1] for r in rendered], add_special_tokens=False)["input_ids"]
-        width = max(len(ids) for ids in full_ids)
+    for start in range(0, len(tokenized), batch_size):
+        chunk = tokenized[start : start + batch_size]
+        width = max(len(p_ids) + len(c_ids) for p_ids, c_ids in chunk)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
         labels = torch.full_like(input_ids, -100)
-        for row, (p_ids, f_ids) in enumerate(zip(prompt_ids, full_ids)):
-            input_ids[row, : len(f_ids)] = torch.tensor(f_ids)
-            attention[row, : len(f_ids)] = 1
-            labels[row, len(p_ids): len(f_ids)] = torch.tensor(f_ids[len(p_ids):])
+        for row, (p_ids, c_ids) in enumerate(chunk):
+            end = len(p_ids) + len(c_ids)
+            input_ids[row, :end] = torch.tensor(p_ids + c_ids)
+            attention[row, :end] = 1
+            labels[row, len(p_ids) : end] = torch.tensor(c_ids, dtype=torch.long)
         logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
         logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = labels[:, 1:].to(model.device)
@@ -105,10 +125,16 @@ def mean_completion_logps(model, tokenizer, pairs: Sequence[tuple[str, str]], *,
 
 
 def preference_accuracy(model, tokenizer, rows: Sequence[dict]) -> float:
-    """Share of pairs where mean logp(chosen) > mean logp(rejected)."""
-    chosen = mean_completion_logps(model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows])
-    rejected = mean_completion_logps(model, tokenizer, [(r["prompt"], r["rejected"]) for r in rows])
-    return sum(c > r for c, r in zip(chosen, rejected)) / max(len(rows), 1)
+    """Share of pairs where mean logp(chosen) > mean logp(rejected), each pair tokenized as DPOTrainer does."""
+    chosen, rejected = [], []
+    for row in rows:
+        columns = heldout_columns(row, "prompted_preference", tokenizer)
+        ids = split_preference(tokenizer, columns["prompt"], columns["chosen"], columns["rejected"])
+        chosen.append((ids["prompt_ids"], ids["chosen_ids"]))
+        rejected.append((ids["prompt_ids"], ids["rejected_ids"]))
+    chosen_logps = mean_completion_logps(model, tokenizer, chosen)
+    rejected_logps = mean_completion_logps(model, tokenizer, rejected)
+    return sum(c > r for c, r in zip(chosen_logps, rejected_logps)) / max(len(rows), 1)
 
 
 def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
@@ -117,17 +143,22 @@ def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
 
 
 @torch.no_grad()
-def reward_scores(reward_model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
-                  batch_size: int = 32) -> list[float]:
-    """The RM's scalar score of each (prompt, response), rendered as its training rendered pairs."""
+def reward_scores(
+    reward_model, tokenizer, prompts: Sequence[HeldOutPrompt], responses: Sequence[str], *, batch_size: int = 32
+) -> list[float]:
+    """The RM's scalar score of each (prompt, response), tokenized as RewardTrainer tokenized prompt + chosen."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     scores: list[float] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            texts = [render_completion(tokenizer, p, r)[1]
-                     for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(reward_model.device)
+            columns = [heldout_prompt(p, tokenizer) for p in prompts[start : start + batch_size]]
+            texts = [
+                render_sequence(tokenizer, c, completion_column(c, r))
+                for c, r in zip(columns, responses[start : start + batch_size])
+            ]
+            conversational = bool(columns) and is_conversational(columns[0])  # one tokenizer: one kind for all
+            batch = encode(tokenizer, texts, conversational, return_tensors="pt", padding=True).to(reward_model.device)
             scores.extend(reward_model(**batch).logits[:, 0].float().tolist())
     finally:
         tokenizer.padding_side = side

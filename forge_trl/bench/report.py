@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from forge_trl.files import write_text_atomically
 
 # (key, column title, format): the table's columns in order; a column appears when any row has the metric.
 COLUMNS = [
@@ -38,22 +40,26 @@ def _fmt(value, style: str) -> str:
     return f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict], *, first=("label", "checkpoint"), extra: list[tuple[str, str, str]] = ()) -> str:
+def markdown_table(
+    rows: list[dict], *, first=("label", "checkpoint"), extra: Sequence[tuple[str, str, str]] = ()
+) -> str:
     """A markdown table of `rows` over the COLUMNS (and `extra` columns first) that any row has."""
     columns = [c for c in [*extra, *COLUMNS] if any(c[0] in row for row in rows)]
-    lines = ["| " + " | ".join([first[1], *(c[1] for c in columns)]) + " |",
-             "|" + "---|" * (len(columns) + 1)]
+    lines = ["| " + " | ".join([first[1], *(c[1] for c in columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
     for row in rows:
-        cells = [str(row.get(first[0], ""))] + [_fmt(row.get(key), style) if style else str(row.get(key, ""))
-                                                 for key, _, style in columns]
+        cells = [str(row.get(first[0], ""))] + [
+            _fmt(row.get(key), style) if style else str(row.get(key, "")) for key, _, style in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def print_table(report: dict) -> None:
     held = report["heldout"]
-    print(f"\nbench: {held['prompts']} held-out prompts ({report['decoding']}), {held['pairs']} preference pairs"
-          + (f"; judge {report['judge']} vs baseline {report['baseline']}" if report.get("judge") else ""))
+    print(
+        f"\nbench: {held['prompts']} held-out prompts ({report['decoding']}), {held['pairs']} preference pairs"
+        + (f"; judge {report['judge']} vs baseline {report['baseline']}" if report.get("judge") else "")
+    )
     print(markdown_table(report["checkpoints"]))
     for row in report["checkpoints"]:
         if row.get("example"):
@@ -61,13 +67,8 @@ def print_table(report: dict) -> None:
 
 
 def write_report(report: dict, out_dir: Path) -> Path:
-    """bench.json, written to a temporary name first so that a crash never leaves half a file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "bench.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    """bench.json, written atomically (forge_trl.files) so that a crash never leaves half a file."""
+    return write_text_atomically(out_dir / "bench.json", json.dumps(report, indent=2))
 
 
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
@@ -101,7 +102,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         cols = min(4, len(scored))
         grid_rows = -(-len(scored) // cols)
         fig, axes = plt.subplots(grid_rows, cols, figsize=(4.2 * cols, 3.4 * grid_rows), squeeze=False)
-        for ax in axes.flat[len(scored):]:
+        for ax in axes.flat[len(scored) :]:
             ax.set_visible(False)
         for ax, row in zip(axes.flat, scored):
             for name, values in row["scores"].items():

@@ -19,26 +19,27 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
-
-import yaml
+from typing import Callable, Optional, Sequence
 
 from forge_trl.bench import metrics as M
 from forge_trl.config.bench import BenchConfig
+from forge_trl.data.prompts import heldout_text
 from forge_trl.errors import DataError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class HeldOut:
-    prompts: list[str]
+    prompts: Sequence[dict | str]  # held-out rows ({prompt, [system]}, rendered as training rendered them) or bare text
     answers: list[Optional[str]]
     pairs: list[dict]
     check: Optional[Callable[[str, str], bool]]
     sources: dict = field(default_factory=dict)
 
 
-def _read(path: str, required: tuple[str, ...], limit: int | None) -> list[dict]:
+def _read(path: str, required: tuple[str, ...], layout: str, limit: int | None) -> list[dict]:
+    from forge_trl.data.formats import to_trl_columns
     from forge_trl.data.rows import read_rows
 
     rows = read_rows(path)
@@ -46,6 +47,7 @@ def _read(path: str, required: tuple[str, ...], limit: int | None) -> list[dict]
         for name in required:
             if not isinstance(row.data.get(name), str):
                 raise DataError(f"bench rows need a string '{name}'", path=row.path, line=row.line, field=name)
+        to_trl_columns(row, layout, chat=True)  # a bad `system` field fails here, naming file:line
     data = [row.data for row in rows]
     return data[:limit] if limit else data
 
@@ -57,14 +59,13 @@ def load_heldout(cfg: BenchConfig) -> HeldOut:
     demo = ensure_demo_suite() if cfg.prompts is None or cfg.pairs is None else {}
     prompts_path = cfg.prompts or str(demo["sft_heldout"])
     pairs_path = cfg.pairs or str(demo["preference_heldout"])
-    prompt_rows = _read(prompts_path, ("prompt",), cfg.max_rows)
-    pairs = _read(pairs_path, ("prompt", "chosen", "rejected"), cfg.max_rows)
+    prompt_rows = _read(prompts_path, ("prompt",), "prompt_only", cfg.max_rows)
+    pairs = _read(pairs_path, ("prompt", "chosen", "rejected"), "prompted_preference", cfg.max_rows)
     answers = [row.get("answer") if isinstance(row.get("answer"), str) else None for row in prompt_rows]
     # The checker wants the bare answer (case, whitespace and trailing punctuation aside); rows without an
     # `answer` field are not checked.
     check = check_answer if any(a is not None for a in answers) else None
-    return HeldOut([r["prompt"] for r in prompt_rows], answers, pairs, check,
-                   {"prompts_file": prompts_path, "pairs_file": pairs_path})
+    return HeldOut(prompt_rows, answers, pairs, check, {"prompts_file": prompts_path, "pairs_file": pairs_path})
 
 
 def checkpoint_label(path: str) -> str:
@@ -82,20 +83,15 @@ class CheckpointInfo:
 
 
 def describe_checkpoint(path: str) -> CheckpointInfo:
-    """What kind of checkpoint `path` is, from its forge_run.json and resolved config (no weights loaded)."""
-    from forge_trl.injection.base import HEAD_SEQ_CLS
-    from forge_trl.models.checkpoint import RESOLVED_CONFIG_FILE
+    """What kind of checkpoint `path` is, from its forge_run.json (no weights loaded)."""
+    from forge_trl.injection.base import HEAD_CAUSAL_LM, HEAD_SEQ_CLS
     from forge_trl.models.loading import resolve_source
 
-    source = resolve_source(path)
-    info = source.run_info or {}
-    reward_model = None
-    config_file = Path(path) / RESOLVED_CONFIG_FILE
-    if config_file.is_file():  # RL tasks (PPO, GRPO, RLOO) record the RM they trained against
-        resolved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        reward_model = ((resolved.get("task") or {}).get("reward_model") or {}).get("checkpoint_path")
-    head = HEAD_SEQ_CLS if info.get("head") == HEAD_SEQ_CLS else "causal_lm"
-    return CheckpointInfo(path, head, info.get("task"), info.get("parent"), reward_model)
+    info = resolve_source(path).run_info
+    if info is None:  # a plain model directory or hub id: a policy
+        return CheckpointInfo(path, HEAD_CAUSAL_LM, None, None, None)
+    head = HEAD_SEQ_CLS if info.head == HEAD_SEQ_CLS else HEAD_CAUSAL_LM
+    return CheckpointInfo(path, head, info.task, info.parent, info.reward_model)
 
 
 class Bench:
@@ -119,7 +115,7 @@ class Bench:
             self._reward_models[path] = load_reward_model(path)
         return self._reward_models[path]
 
-    def sampled_prompts(self) -> list[str]:
+    def sampled_prompts(self) -> list[dict | str]:
         return [p for p in self.heldout.prompts for _ in range(self.cfg.samples_per_prompt)]
 
     def responses(self, path: str, model=None, tokenizer=None) -> list[M.Generation]:
@@ -134,8 +130,13 @@ class Bench:
                 model, tokenizer, _ = load_for_inference(path)
             torch.manual_seed(self.cfg.seed)
             self._responses[key] = M.generate_responses(
-                model, tokenizer, self.sampled_prompts(), max_new_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.temperature, progress=True)
+                model,
+                tokenizer,
+                self.sampled_prompts(),
+                max_new_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature,
+                progress=True,
+            )
         return self._responses[key]
 
     def rm_scores(self, rm_path: str, responses: list[M.Generation]) -> list[float]:
@@ -145,8 +146,12 @@ class Bench:
     # ----- one checkpoint --------------------------------------------------------------------------------
     def evaluate(self, path: str) -> dict:
         info = describe_checkpoint(path)
-        row = {"label": checkpoint_label(path), "path": str(path), "kind": "reward model" if info.head != "causal_lm"
-               else "policy", "task": info.task}
+        row = {
+            "label": checkpoint_label(path),
+            "path": str(path),
+            "kind": "reward model" if info.head != "causal_lm" else "policy",
+            "task": info.task,
+        }
         if info.head != "causal_lm":
             row.update(self._evaluate_reward_model(path))
         else:
@@ -157,11 +162,12 @@ class Bench:
     def _evaluate_reward_model(self, path: str) -> dict:
         pairs = self.heldout.pairs
         rm, tokenizer = self.reward_model(path)
-        prompts = [p["prompt"] for p in pairs]
+        prompts = pairs  # whole rows: a `system` field is part of the prompt
         chosen = M.reward_scores(rm, tokenizer, prompts, [p["chosen"] for p in pairs])
         rejected = M.reward_scores(rm, tokenizer, prompts, [p["rejected"] for p in pairs])
-        lengths = [len(tokenizer(p[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
-                   for p in pairs]
+        lengths = [
+            len(tokenizer(p[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected") for p in pairs
+        ]
         self._reward_models.pop(path, None)  # an RM under evaluation is not kept around as a scorer
         return {
             "rm_accuracy": M.pair_accuracy(chosen, rejected),
@@ -177,13 +183,16 @@ class Bench:
         model, tokenizer, _ = load_for_inference(path)
         gens = self.responses(path, model, tokenizer)
         heldout = self.heldout
-        result: dict = {"format_compliance": M.format_compliance(gens, self.cfg.format_regex),
-                        **M.length_stats([g.tokens for g in gens])}
+        result: dict = {
+            "format_compliance": M.format_compliance(gens, self.cfg.format_regex),
+            **M.length_stats([g.tokens for g in gens]),
+        }
         if heldout.check is not None:
             answers = [a for a in heldout.answers for _ in range(self.cfg.samples_per_prompt)]
             checked = [(g.text, a) for g, a in zip(gens, answers) if a is not None]
-            result["checker_accuracy"] = M.checker_accuracy([r for r, _ in checked], [a for _, a in checked],
-                                                            heldout.check)
+            result["checker_accuracy"] = M.checker_accuracy(
+                [r for r, _ in checked], [a for _, a in checked], heldout.check
+            )
         if heldout.pairs:
             result["preference_accuracy"] = M.preference_accuracy(model, tokenizer, heldout.pairs)
         del model
@@ -192,24 +201,34 @@ class Bench:
         rm_path = self.cfg.reward_model or info.training_reward_model
         if rm_path:
             scores = self.rm_scores(rm_path, gens)
-            result.update(rm_score=sum(scores) / len(scores),
-                          rm_length_corr=M.spearman(scores, [g.tokens for g in gens]),
-                          scores={"rm": scores})
+            result.update(
+                rm_score=sum(scores) / len(scores),
+                rm_length_corr=M.spearman(scores, [g.tokens for g in gens]),
+                scores={"rm": scores},
+            )
             if info.training_reward_model and info.parent:
                 parent_scores = self.rm_scores(rm_path, self.responses(info.parent))
                 result["rm_score_gain"] = result["rm_score"] - sum(parent_scores) / len(parent_scores)
         judge, baseline = self.judge, self.cfg.judge.baseline
-        if judge is not None and Path(baseline).resolve() != Path(path).resolve():
-            outcomes = judge.compare(self.sampled_prompts(), [g.text for g in gens],
-                                     [g.text for g in self.responses(baseline)])
+        # (a judge exists only when a baseline is set; see make_judge)
+        if judge is not None and baseline is not None and Path(baseline).resolve() != Path(path).resolve():
+            outcomes = judge.compare(
+                self.sampled_prompts(), [g.text for g in gens], [g.text for g in self.responses(baseline)]
+            )
             result["win_rate"] = M.win_rate(outcomes)
-        first = self.heldout.prompts[0] if self.heldout.prompts else ""
+        first = heldout_text(self.heldout.prompts[0]) if self.heldout.prompts else ""
         result["example"] = f"{first} -> {gens[0].text!r}" if gens else ""
         return result
 
 
-def run_bench(checkpoints: list[str], cfg: BenchConfig, out_dir: str | Path, *, labels: list[str] | None = None,
-              heldout: HeldOut | None = None) -> dict:
+def run_bench(
+    checkpoints: list[str],
+    cfg: BenchConfig,
+    out_dir: str | Path,
+    *,
+    labels: list[str] | None = None,
+    heldout: HeldOut | None = None,
+) -> dict:
     """Evaluate every checkpoint, write bench.json (and plots), print the table; returns the report."""
     from forge_trl.bench.report import print_table, write_plots, write_report
 
@@ -224,8 +243,7 @@ def run_bench(checkpoints: list[str], cfg: BenchConfig, out_dir: str | Path, *, 
         rows.append(row)
     _unique_labels(rows)
     report = {
-        "heldout": {"prompts": len(bench.heldout.prompts), "pairs": len(bench.heldout.pairs),
-                    **bench.heldout.sources},
+        "heldout": {"prompts": len(bench.heldout.prompts), "pairs": len(bench.heldout.pairs), **bench.heldout.sources},
         "decoding": "greedy" if cfg.temperature is None else f"sampled at T={cfg.temperature}",
         "reward_model": cfg.reward_model,
         "judge": getattr(bench.judge, "name", None),
@@ -266,9 +284,10 @@ def objective_value(output_dir: str | Path, objective: str) -> float:
     """The sweep objective of a finished run: a bench metric from bench.json, or a loss from forge_run.json."""
     out = Path(output_dir)
     if objective in ("train_loss", "eval_loss"):
-        from forge_trl.models.checkpoint import read_run_info
+        from forge_trl.models.run_info import read_run_info
 
-        metrics = (read_run_info(out / "final") or {}).get("metrics", {})
+        info = read_run_info(out / "final")
+        metrics = info.metrics if info else {}
         value = metrics.get(objective, metrics.get("last_loss") if objective == "train_loss" else None)
     else:
         import json

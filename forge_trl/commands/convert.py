@@ -1,9 +1,10 @@
-"""`python -m forge_trl.convert input=<jsonl or dataset dir> out=<file.jsonl> map=<from>:<to>,... [layout=...]`.
+"""`forge-trl convert input=<jsonl or dataset dir> out=<file.jsonl> map=<from>:<to>,... [layout=...]`
+(also `python -m forge_trl.convert`).
 
 Renames fields so that rows in someone else's layout become one of forge's raw layouts (forge_trl/data/formats.py),
 and writes them as JSONL:
 
-    python -m forge_trl.convert input=qa.jsonl out=sft.jsonl map=question:prompt,answer:response layout=sft
+    forge-trl convert input=qa.jsonl out=sft.jsonl map=question:prompt,answer:response layout=sft
 
 - `input`: a JSONL file, or a directory written by `datasets.save_to_disk` (`split=` picks a DatasetDict split;
   default `train`, or the only split).
@@ -20,22 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
-from forge_trl.data.formats import LAYOUTS, to_trl_columns
+from forge_trl.commands.args import KeyValueParser
+from forge_trl.config import DataLayout
+from forge_trl.data.formats import to_trl_columns
 from forge_trl.data.rows import Row, read_rows
-from forge_trl.errors import ConfigError, DataError, run_command
+from forge_trl.errors import ConfigError, DataError
+from forge_trl.files import write_file_atomically
 
 log = logging.getLogger("forge_trl")
 
-USAGE = ("usage: python -m forge_trl.convert input=<file.jsonl|dataset dir> out=<file.jsonl> "
-         "[map=<from>:<to>,...] [layout=" + "|".join(LAYOUTS) + "] [split=<name>] [drop_unmapped=true] "
-         "[overwrite=true]")
-KEYS = ("input", "out", "map", "layout", "split", "drop_unmapped", "overwrite")
-BOOLEAN_KEYS = ("drop_unmapped", "overwrite")
 # Below this many rows a progress bar is noise.
 PROGRESS_MIN_ROWS = 1000
 
@@ -52,13 +51,26 @@ class FieldMapping:
 
 @dataclass
 class ConvertArgs:
+    """Rename the fields of someone else's rows so that they become one of forge's layouts, and write JSONL."""
+
+    # A JSONL file, or a directory written by `datasets.save_to_disk`.
     input: str
+    # The JSONL file to write (atomically; an existing one only with overwrite=true).
     out: str
-    mappings: list[FieldMapping]
-    layout: str | None = None
-    split: str | None = None
+    # `from:to` field pairs, comma-separated or repeated; `from?` marks an optional field (e.g. map=sys?:system).
+    map: List[str] = field(default_factory=list)
+    # Check every output row against this forge layout and stop at the first bad one.
+    layout: Optional[DataLayout] = None
+    # The split of a DatasetDict directory. null: `train`, or the only split.
+    split: Optional[str] = None
+    # Drop the fields the map does not name (otherwise they are copied unchanged).
     drop_unmapped: bool = False
+    # Replace an existing `out`.
     overwrite: bool = False
+    mappings: list[FieldMapping] = field(init=False)
+
+    def __post_init__(self):
+        self.mappings = parse_mappings(self.map)
 
 
 def parse_mappings(specs: list[str]) -> list[FieldMapping]:
@@ -79,60 +91,16 @@ def parse_mappings(specs: list[str]) -> list[FieldMapping]:
     return mappings
 
 
+PARSER = KeyValueParser(
+    ConvertArgs,
+    "convert",
+    example="forge-trl convert input=qa.jsonl out=data/sft.jsonl "
+    "map=question:prompt,answer:response,sys?:system layout=sft",
+)
+
+
 def parse_args(argv: list[str]) -> ConvertArgs:
-    values: dict[str, str] = {}
-    map_specs: list[str] = []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in KEYS:
-            raise ConfigError(f"unexpected argument '{item}'; {USAGE}")
-        if key == "map":
-            map_specs.append(value)
-        else:
-            values[key] = value
-    missing = next((k for k in ("input", "out") if not values.get(k)), None)
-    if missing:
-        raise ConfigError(f"missing {missing}=...; {USAGE}")
-    for key in BOOLEAN_KEYS:
-        if values.get(key, "false").lower() not in ("true", "false"):
-            raise ConfigError(f"{key}: expected true|false, got '{values[key]}'")
-    layout = values.get("layout") or None
-    if layout is not None and layout not in LAYOUTS:
-        raise ConfigError(f"layout: expected one of {'|'.join(LAYOUTS)}, got '{layout}'")
-    return ConvertArgs(
-        input=values["input"], out=values["out"], mappings=parse_mappings(map_specs), layout=layout,
-        split=values.get("split") or None,
-        drop_unmapped=values.get("drop_unmapped", "false").lower() == "true",
-        overwrite=values.get("overwrite", "false").lower() == "true",
-    )
-
-
-def read_input(path: str, split: str | None) -> list[Row]:
-    """Rows of a JSONL file, or of one split of a `save_to_disk` directory, each tagged with file:line (row)."""
-    source = Path(path).expanduser()
-    if not source.is_dir():
-        if split is not None:
-            raise ConfigError(f"split={split}: {source} is a JSONL file, which has no splits")
-        return read_rows(source)
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        dataset = load_from_disk(str(source))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"not a dataset directory ({str(exc).splitlines()[0]}); expected a JSONL file or a "
-                        "directory written by save_to_disk", path=str(source)) from None
-    if isinstance(dataset, DatasetDict):
-        names = list(dataset)
-        chosen = split or ("train" if "train" in names else names[0] if len(names) == 1 else None)
-        if chosen not in names:
-            raise ConfigError(f"split={split or '?'}: {source} has splits {', '.join(names)}; pick one with split=")
-        dataset = dataset[chosen]
-    elif split is not None:
-        raise ConfigError(f"split={split}: {source} holds a single dataset without splits; leave split out")
-    rows = [Row(dict(item), str(source), index + 1) for index, item in enumerate(dataset)]
-    if not rows:
-        raise DataError("no rows", path=str(source))
-    return rows
+    return PARSER.parse(argv)
 
 
 def map_row(row: Row, mappings: list[FieldMapping], drop_unmapped: bool) -> dict:
@@ -146,12 +114,18 @@ def map_row(row: Row, mappings: list[FieldMapping], drop_unmapped: bool) -> dict
             raise DataError(
                 f"missing field '{mapping.source}' named by map {mapping} (row has: "
                 f"{', '.join(sorted(row.data)) or 'no fields'})",
-                path=row.path, line=row.line, field=mapping.source,
+                path=row.path,
+                line=row.line,
+                field=mapping.source,
             )
         if mapping.target in out:
-            raise DataError(f"the row already has a field '{mapping.target}' that map {mapping} would overwrite; "
-                            "map it elsewhere too or pass drop_unmapped=true",
-                            path=row.path, line=row.line, field=mapping.target)
+            raise DataError(
+                f"the row already has a field '{mapping.target}' that map {mapping} would overwrite; "
+                "map it elsewhere too or pass drop_unmapped=true",
+                path=row.path,
+                line=row.line,
+                field=mapping.target,
+            )
         out[mapping.target] = row.data[mapping.source]
     return out
 
@@ -160,7 +134,7 @@ def _bare_message(exc: DataError) -> str:
     """The message of a DataError without its 'file:line field' prefix (rebuilt the way DataError builds it)."""
     prefix = str(DataError("", path=exc.path, line=exc.line, field=exc.field))
     text = str(exc)
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def check_layout(mapped: dict, row: Row, layout: str, mappings: list[FieldMapping]) -> None:
@@ -192,10 +166,9 @@ def convert(args: ConvertArgs) -> int:
     source = Path(args.input).expanduser()
     if source.exists() and source.resolve() == out.resolve():
         raise ConfigError("out must differ from input")
-    rows = read_input(args.input, args.split)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    rows = read_rows(args.input, args.split)
+
+    def fill(staging: Path) -> None:
         with staging.open("w", encoding="utf-8") as handle:
             quiet = True if len(rows) < PROGRESS_MIN_ROWS else None  # None: tqdm shows a bar only on a terminal
             for row in tqdm(rows, desc="converting", unit="row", disable=quiet):
@@ -207,23 +180,18 @@ def convert(args: ConvertArgs) -> int:
                 except (TypeError, ValueError) as exc:
                     raise DataError(f"cannot be written as JSON ({exc})", path=row.path, line=row.line) from None
                 handle.write(line + "\n")
-        os.replace(staging, out)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+
+    write_file_atomically(out, fill)  # a bad row leaves no file and an existing `out` untouched
     return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-
-    def work() -> None:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+    def work(args: ConvertArgs) -> None:
         count = convert(args)
         checked = f"; every row is a valid {args.layout} row" if args.layout else ""
         print(f"wrote {count} rows to {args.out}{checked}")
 
-    return run_command(work)
+    return PARSER.run(argv, work)  # no log file: `out` is one data file
 
 
 if __name__ == "__main__":

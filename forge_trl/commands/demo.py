@@ -7,19 +7,24 @@ equivalent command is printed), chained through `final/`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import time
 from pathlib import Path
 
+from forge_trl.commands.args import FlagParser
 from forge_trl.commands.pipeline import DEMO_RECIPE, STAGE_DATA
+from forge_trl.commands.recipes import load_recipe
 
-# The demo is path B with a pretraining stage, on the demo recipe (the tiny model starts from random weights, so
-# it needs larger learning rates than the per-task defaults, which follow the usual recipes for real models).
-STAGES = [(name, [f"task={name}", f"data={STAGE_DATA[name][0]}", *DEMO_RECIPE[name]])
-          for name in ("pretrain", "sft", "orpo")]
+# The demo is path B with a pretraining stage.
+DEMO_STAGES = ("pretrain", "sft", "orpo")
+
+
+def demo_stages() -> list[tuple[str, list[str]]]:
+    """(stage, overrides) on conf/recipe/demo.yaml: the tiny model starts from random weights, so it needs larger
+    learning rates than the task defaults, which follow the usual recipes for real models."""
+    recipe = load_recipe(DEMO_RECIPE)
+    return [(name, [f"task={name}", f"data={STAGE_DATA[name][0]}", *recipe[name]]) for name in DEMO_STAGES]
 
 
 def run_stage(name: str, overrides: list[str], out_root: Path, parent: Path | None) -> Path:
@@ -48,14 +53,19 @@ def evaluate(checkpoints: dict[str, Path], limit: int | None) -> tuple[list[dict
     table = []
     for stage, path in checkpoints.items():
         model, tokenizer, _ = load_for_inference(str(path))
-        responses = generate(model, tokenizer, [r["prompt"] for r in sft_rows])
-        table.append({
-            "stage": stage,
-            "checker_accuracy": sum(check_answer(r, row["answer"]) for r, row in zip(responses, sft_rows)) / len(sft_rows),
-            "answer_first": sum(answer_first(r, row["answer"]) for r, row in zip(responses, sft_rows)) / len(sft_rows),
-            "preference_accuracy": preference_accuracy(model, tokenizer, pref_rows),
-            "example": f"{sft_rows[0]['prompt']} -> {responses[0]!r}",
-        })
+        responses = generate(model, tokenizer, sft_rows)  # whole rows: a `system` field is part of the prompt
+        table.append(
+            {
+                "stage": stage,
+                "checker_accuracy": (
+                    sum(check_answer(r, row["answer"]) for r, row in zip(responses, sft_rows)) / len(sft_rows)
+                ),
+                "answer_first": sum(answer_first(r, row["answer"]) for r, row in zip(responses, sft_rows))
+                / len(sft_rows),
+                "preference_accuracy": preference_accuracy(model, tokenizer, pref_rows),
+                "example": f"{sft_rows[0]['prompt']} -> {responses[0]!r}",
+            }
+        )
     return table, len(sft_rows), len(pref_rows)
 
 
@@ -64,25 +74,26 @@ def print_table(table: list[dict], n_sft: int, n_pref: int) -> None:
     print("| stage | checker accuracy | answer comes first | preference accuracy | example |")
     print("|---|---|---|---|---|")
     for row in table:
-        print(f"| {row['stage']} | {row['checker_accuracy']:.1%} | {row['answer_first']:.1%} | "
-              f"{row['preference_accuracy']:.1%} | {row['example']} |")
+        print(
+            f"| {row['stage']} | {row['checker_accuracy']:.1%} | {row['answer_first']:.1%} | "
+            f"{row['preference_accuracy']:.1%} | {row['example']} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser("demo", description=__doc__.split("\n\n")[0], example="forge-trl demo --eval-limit 40")
     parser.add_argument("--out", default="outputs/demo", help="directory for the three runs")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N held-out rows")
     args = parser.parse_args(argv)
-    from forge_trl.commands.console import quiet_third_party_logs
+    from forge_trl.commands.console import LOG_FILE, setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    quiet_third_party_logs()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_root = Path(args.out)
+    setup_logging(log_file=out_root / LOG_FILE)
     started = time.time()
     checkpoints: dict[str, Path] = {}
     parent = None
-    for name, overrides in STAGES:
+    for name, overrides in demo_stages():
         parent = run_stage(name, overrides, out_root, parent)
         checkpoints[name] = parent
     trained = time.time() - started

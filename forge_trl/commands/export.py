@@ -1,41 +1,39 @@
-"""`python -m forge_trl.export checkpoint=<run>/final out=<dir> [overwrite=true]`."""
+"""`forge-trl export checkpoint=<run>/final out=<dir> [overwrite=true]` (also `python -m forge_trl.export`)."""
 
 from __future__ import annotations
 
-import logging
 import sys
+from dataclasses import dataclass
 
-from forge_trl.errors import ConfigError, run_command
-
-USAGE = "usage: python -m forge_trl.export checkpoint=<run>/final out=<dir> [overwrite=true]"
+from forge_trl.commands.args import KeyValueParser
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    args = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("checkpoint", "out", "overwrite"):
-            raise ConfigError(f"unexpected argument '{item}'; {USAGE}")
-        args[key] = value
-    missing = [k for k in ("checkpoint", "out") if not args.get(k)]
-    if missing:
-        raise ConfigError(f"missing {missing[0]}=...; {USAGE}")
-    return args
+@dataclass
+class ExportArgs:
+    """Export a forge checkpoint as a standard Hugging Face model directory, loadable without forge_trl (LoRA merged;
+    moe_expert_lora as a native MoE model; mixture_lora as base model + adapter + loader script)."""
+
+    # The checkpoint: a forge run's final/ directory (or any model forge can load).
+    checkpoint: str
+    # The export directory.
+    out: str
+    # Replace a non-empty `out`.
+    overwrite: bool = False
+
+
+PARSER = KeyValueParser(
+    ExportArgs, "export", example="forge-trl export checkpoint=outputs/moe_dpo/final out=exports/moe_dpo"
+)
+
+
+def export(args: ExportArgs) -> None:
+    from forge_trl.export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    from forge_trl.commands.console import quiet_third_party_logs
-
-    quiet_third_party_logs()
-
-    def work() -> None:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        from forge_trl.export import export_checkpoint
-
-        export_checkpoint(args["checkpoint"], args["out"], overwrite=args.get("overwrite", "false").lower() == "true")
-
-    return run_command(work)
+    return PARSER.run(argv, export)  # no log file: the export directory holds only the model
 
 
 if __name__ == "__main__":

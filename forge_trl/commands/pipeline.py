@@ -1,4 +1,5 @@
-"""`python -m forge_trl.pipeline paths=a,b,c,d,e [model=tiny] [injection=dense_lora] [data=demo] [out=...]`
+"""`forge-trl pipeline paths=a,b,c,d,e [model=tiny] [injection=dense_lora] [data=demo] [out=...]` (also
+`python -m forge_trl.pipeline`)
 
 Runs pipeline paths stage by stage, each stage an ordinary forge run whose `final/` is the next stage's
 `model.name_or_path`, then benches every stage on held-out data and prints one combined table.
@@ -33,8 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Literal
 
-from forge_trl.errors import ConfigError, run_command
+from forge_trl.commands.args import KeyValueParser, passthrough, run_config_roots
+from forge_trl.errors import ConfigError
 
 log = logging.getLogger("forge_trl.pipeline")
 
@@ -45,72 +48,93 @@ PATHS = {
     "d": ("sft", "dpo", "rm", "ppo"),
     "e": ("sft", "orpo", "rm", "ppo"),
 }
-# Built-in models start from random weights: they are pretrained first, and need the demo's larger rates.
+# Built-in models start from random weights: they are pretrained first, and need the demo recipe's larger rates.
 RANDOM_INIT_MODELS = ("tiny", "tiny_moe")
-# The demo recipe per stage (tuned on the tiny model and the demo suite; `make demo` uses it too).
-DEMO_RECIPE = {
-    "pretrain": ["task.num_train_epochs=10", "task.learning_rate=3e-3", "task.per_device_train_batch_size=32"],
-    "sft": ["task.num_train_epochs=2", "task.learning_rate=5e-4", "task.per_device_train_batch_size=8"],
-    "dpo": ["task.num_train_epochs=2", "task.learning_rate=2e-4", "task.beta=0.1",
-            "task.per_device_train_batch_size=8"],
-    "orpo": ["task.num_train_epochs=2", "task.learning_rate=2e-4", "task.orpo_lambda=0.5",
-             "task.per_device_train_batch_size=8"],
-    "rm": ["task.num_train_epochs=2", "task.learning_rate=1e-4", "task.per_device_train_batch_size=8"],
-    "ppo": ["task.num_train_epochs=3", "task.learning_rate=5e-5", "task.per_device_train_batch_size=16",
-            "task.response_length=16", "task.kl_coef=0.1"],
-}
+DEMO_RECIPE = "demo"
 # Which data layout each stage trains on: the demo group, or the file name in a data directory.
-STAGE_DATA = {"pretrain": ("demo_text", "text"), "sft": ("demo_sft", "sft"),
-              "dpo": ("demo_preference", "preference"), "orpo": ("demo_preference", "preference"),
-              "rm": ("demo_preference", "preference"), "ppo": ("demo_prompt_only", "prompt_only")}
+STAGE_DATA = {
+    "pretrain": ("demo_text", "text"),
+    "sft": ("demo_sft", "sft"),
+    "dpo": ("demo_preference", "preference"),
+    "orpo": ("demo_preference", "preference"),
+    "rm": ("demo_preference", "preference"),
+    "ppo": ("demo_prompt_only", "prompt_only"),
+}
 # The pipeline benches sampled responses (4 per prompt at T=1): that is the policy PPO optimises, and greedy
 # decoding hides what RL changes when the greedy answer is already the best one. `bench.*` arguments override.
 PIPELINE_BENCH = ["bench.temperature=1.0", "bench.samples_per_prompt=4"]
 # The demo suite's format is the bare answer: words or a number, at most a final full stop ("north", "7."),
 # so an answer followed by rambling ("north, I would say, ...") does not comply.
-DEMO_FORMAT = r"bench.format_regex='[\w -]+\.?'"  # single quotes: YAML would read [ as a list
+DEMO_FORMAT = r"bench.format_regex=[\w -]+\.?"
 STAGE_FILE = "pipeline_stage.json"
-PIPELINE_KEYS = ("paths", "model", "injection", "data", "out", "pretrain")
 
 
 @dataclass
 class PipelineArgs:
-    paths: list[str]
+    """Train pipeline paths stage by stage, each stage's final/ the next one's model (stages that paths share train
+    once; a stage whose final/ exists from the same settings is reused), then bench every stage in one table."""
+
+    # Comma-separated: a (SFT -> DPO), b (SFT -> ORPO), c (SFT -> RM -> PPO), d (SFT -> DPO -> RM -> PPO),
+    # e (SFT -> ORPO -> RM -> PPO).
+    paths: List[str]
+    # The model preset (conf/model) of every stage.
     model: str = "tiny"
+    # The injection every stage trains.
     injection: str = "dense_lora"
+    # `demo` (the demo suite), or a directory with sft.jsonl, preference.jsonl, prompt_only.jsonl (*_heldout.jsonl
+    # next to them for the bench).
     data: str = "demo"
+    # The stages' runs, the bench and forge.log go here.
     out: str = "outputs/pipelines"
-    pretrain: str = "auto"  # auto: only for the random-init built-in models
-    stage_overrides: list[str] = field(default_factory=list)
-    bench_overrides: list[str] = field(default_factory=list)
+    # Pretrain first. auto: only the random-init built-in models (tiny, tiny_moe).
+    pretrain: Literal["auto", "true", "false"] = "auto"
+    # Per-stage training overrides: a recipe under conf/recipe/ or a .yaml path; none: the task defaults. auto: the
+    # demo recipe for the random-init built-in models, none for other models.
+    recipe: str = "auto"
+    # Any training key for every stage (e.g. task.max_steps=5); bench.* keys go to the bench.
+    overrides: List[str] = field(default_factory=list, metadata=passthrough("<run key>=<value>", run_config_roots))
+    stage_overrides: list[str] = field(init=False)
+    bench_overrides: list[str] = field(init=False)
+    # Stage task -> the recipe's overrides for it.
+    stage_recipe: dict[str, list[str]] = field(init=False)
+
+    def __post_init__(self):
+        from forge_trl.commands.bench import bench_config
+
+        self.paths = [p.lower() for p in self.paths]
+        if not self.paths:
+            raise ConfigError(f"paths=... is required: a comma-separated list of {','.join(PATHS)}")
+        unknown = [p for p in self.paths if p not in PATHS]
+        if unknown:
+            raise ConfigError(f"paths: unknown path '{unknown[0]}'; available: {', '.join(PATHS)}")
+        self.stage_recipe = self._load_recipe()
+        self.bench_overrides = [o for o in self.overrides if o.startswith("bench.")]
+        self.stage_overrides = [o for o in self.overrides if not o.startswith("bench.")]
+        bench_config(self.bench_overrides)  # a bad bench key fails now, not after training
+
+    def _load_recipe(self) -> dict[str, list[str]]:
+        from forge_trl.commands.recipes import load_recipe
+
+        name = self.recipe
+        if name == "auto":
+            name = DEMO_RECIPE if self.model in RANDOM_INIT_MODELS else "none"
+        return {} if name == "none" else load_recipe(name)
 
     @property
     def runs_pretrain(self) -> bool:
         return self.pretrain == "true" or (self.pretrain == "auto" and self.model in RANDOM_INIT_MODELS)
 
 
+PARSER = KeyValueParser(
+    PipelineArgs,
+    "pipeline",
+    example="forge-trl pipeline paths=a,d model=qwen3_0_6b data=data/mine out=outputs/qwen "
+    "model.name_or_path=/models/Qwen3-0.6B",
+)
+
+
 def parse_args(argv: list[str]) -> PipelineArgs:
-    values: dict[str, str] = {}
-    stage, bench = [], []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"unexpected argument '{item}'; expected key=value (see python -m forge_trl.pipeline -h)")
-        if key in PIPELINE_KEYS:
-            values[key] = value
-        elif key.startswith("bench."):
-            bench.append(item)
-        else:
-            stage.append(item)
-    paths = [p.strip().lower() for p in values.pop("paths", "").split(",") if p.strip()]
-    if not paths:
-        raise ConfigError(f"paths=... is required: a comma-separated list of {','.join(PATHS)}")
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown:
-        raise ConfigError(f"paths: unknown path '{unknown[0]}'; available: {', '.join(PATHS)}")
-    if values.get("pretrain", "auto") not in ("auto", "true", "false"):
-        raise ConfigError(f"pretrain: expected auto|true|false, got '{values['pretrain']}'")
-    return PipelineArgs(paths=paths, stage_overrides=stage, bench_overrides=bench, **values)
+    return PARSER.parse(argv)
 
 
 @dataclass
@@ -153,9 +177,8 @@ def stage_overrides(stage: Stage, args: PipelineArgs, out: Path) -> list[str]:
         data_file = Path(args.data) / f"{layout}.jsonl"
         if not data_file.is_file():
             raise ConfigError(f"data={args.data}: stage {stage.name} needs {data_file}")
-        overrides += ["data=jsonl", f"data.path={data_file}", f"data.task={layout}"]
-    if args.model in RANDOM_INIT_MODELS:
-        overrides += DEMO_RECIPE[stage.task]
+        overrides += ["data=jsonl", f"data.path={data_file}", f"data.layout={layout}"]
+    overrides += args.stage_recipe.get(stage.task, [])
     if stage.parent is not None:
         overrides.append(f"model.name_or_path={out / stage.parent / 'final'}")
     if stage.reward is not None:
@@ -193,16 +216,8 @@ def bench_sources(args: PipelineArgs) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from forge_trl.commands.console import quiet_third_party_logs
-
-    quiet_third_party_logs()
-    return run_command(lambda: run_pipeline(parse_args(argv)))
+    return PARSER.run(argv, run_pipeline, keeps_log=True)
 
 
 def run_pipeline(args: PipelineArgs) -> None:
@@ -210,14 +225,17 @@ def run_pipeline(args: PipelineArgs) -> None:
     out = Path(args.out)
     stages = plan(args.paths, args.runs_pretrain)
     all_overrides = {s.name: stage_overrides(s, args, out) for s in stages}  # data files checked up front
+    from forge_trl.commands.console import LOG_FILE, log_to_file
+
+    log_to_file(out / LOG_FILE)
     started = time.time()
     finals = {}
     for stage in stages:
         finals[stage.name] = run_stage(stage, all_overrides[stage.name], out)
     trained = time.time() - started
 
-    from forge_trl.commands.bench import bench_config
     from forge_trl.bench.runner import run_bench
+    from forge_trl.commands.bench import bench_config
 
     base = finals.get("pretrain") or _base_model_name(args.model)
     names = ["base", *(s.name for s in stages if s.name != "pretrain")]
@@ -227,8 +245,10 @@ def run_pipeline(args: PipelineArgs) -> None:
     report["train_seconds"] = round(trained, 1)
     report["total_seconds"] = round(time.time() - started, 1)
     (out / "pipeline_summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\npaths {','.join(args.paths)}: training {trained:.0f} s, with bench {time.time() - started:.0f} s; "
-          f"runs under {out}/")
+    print(
+        f"\npaths {','.join(args.paths)}: training {trained:.0f} s, with bench {time.time() - started:.0f} s; "
+        f"runs under {out}/"
+    )
 
 
 def _base_model_name(model_group: str) -> str:

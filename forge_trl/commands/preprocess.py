@@ -1,10 +1,11 @@
-"""`python -m forge_trl.preprocess out=<cache dir> [overwrite=true] <the training run's overrides>`.
+"""`forge-trl preprocess out=<cache dir> [overwrite=true] <the training run's overrides>` (also
+`python -m forge_trl.preprocess`).
 
 Tokenizes `data.path` once for `task`, the model's tokenizer (`model.name_or_path`), `data.chat_template` and
 `data.max_length`, and writes a cache that a run with the same overrides plus `data.format=processed
 data.path=<cache dir>` trains from without tokenizing again. See forge_trl/data/preprocess.py for the format.
 
-    python -m forge_trl.preprocess out=cache/sft task=sft data=jsonl data.path=train.jsonl data.max_length=512
+    forge-trl preprocess out=cache/sft task=sft data=jsonl data.path=train.jsonl data.max_length=512
     python -m forge_trl task=sft data=jsonl data.format=processed data.path=cache/sft data.max_length=512
 """
 
@@ -12,35 +13,37 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
+from typing import List
 
-from forge_trl.errors import ConfigError, run_command
-
-USAGE = ("usage: python -m forge_trl.preprocess out=<cache dir> [overwrite=true] task=<sft|pretrain|dpo> "
-         "[data.path=<jsonl or dataset dir>] [model.name_or_path=...] [data.max_length=N] [other run overrides]")
-OWN_KEYS = ("out", "overwrite")
+from forge_trl.commands.args import KeyValueParser, passthrough, run_config_roots
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(this command's own keys, the Hydra overrides for the run config)."""
-    own, overrides = {}, []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if item in ("-h", "--help"):
-            raise ConfigError(USAGE)
-        if not sep:
-            raise ConfigError(f"unexpected argument '{item}'; {USAGE}")
-        if key in OWN_KEYS:
-            own[key] = value
-        else:
-            overrides.append(item)
-    if not own.get("out"):
-        raise ConfigError(f"missing out=...; {USAGE}")
-    if own.get("overwrite", "false").lower() not in ("true", "false"):
-        raise ConfigError(f"overwrite: expected true|false, got '{own['overwrite']}'")
-    return own, overrides
+@dataclass
+class PreprocessArgs:
+    """Tokenize a training run's data once (tasks sft, pretrain, dpo) into a cache that the same run trains from
+    with data.format=processed data.path=<out>."""
+
+    # The cache directory to write.
+    out: str
+    # Replace a cache that was built for another setup.
+    overwrite: bool = False
+    # The training run's overrides (task, data.*, model.*, ...), as for `forge-trl train`.
+    overrides: List[str] = field(default_factory=list, metadata=passthrough("<run key>=<value>", run_config_roots))
 
 
-def preprocess(own: dict[str, str], overrides: list[str]):
+PARSER = KeyValueParser(
+    PreprocessArgs,
+    "preprocess",
+    example="forge-trl preprocess out=cache/sft task=sft data=jsonl data.path=data/sft.jsonl data.max_length=512",
+)
+
+
+def parse_args(argv: list[str]) -> PreprocessArgs:
+    return PARSER.parse(argv)
+
+
+def preprocess(args: PreprocessArgs):
     from forge_trl.commands.compose import compose
     from forge_trl.config import to_typed
     from forge_trl.data.dataset import resolve_layout, resolve_paths
@@ -48,7 +51,7 @@ def preprocess(own: dict[str, str], overrides: list[str]):
     from forge_trl.models.loading import load_tokenizer, resolve_source
     from forge_trl.tasks import get_task
 
-    cfg = to_typed(compose(overrides))
+    cfg = to_typed(compose(args.overrides))
     task = get_task(cfg.task.name)()
     layout = resolve_layout(task, cfg.data)
     if cfg.data.eval_path is not None:
@@ -59,25 +62,28 @@ def preprocess(own: dict[str, str], overrides: list[str]):
     source_path, _ = resolve_paths(cfg.data, layout)
     source = resolve_source(cfg.model.name_or_path)
     tokenizer = load_tokenizer(source.tokenizer_path, trust_remote_code=cfg.model.trust_remote_code)
-    return build_cache(source_path, own["out"], task_name=task.name, layout=layout, data=cfg.data,
-                       tokenizer=tokenizer, tokenizer_source=source.requested,
-                       overwrite=own.get("overwrite", "false").lower() == "true")
+    return build_cache(
+        source_path,
+        args.out,
+        task_name=task.name,
+        layout=layout,
+        data=cfg.data,
+        tokenizer=tokenizer,
+        tokenizer_source=source.requested,
+        overwrite=args.overwrite,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    from forge_trl.commands.console import quiet_third_party_logs
-
-    quiet_third_party_logs()
-
-    def work() -> None:
-        own, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        result = preprocess(own, overrides)
+    def work(args: PreprocessArgs) -> None:
+        result = preprocess(args)
         state = "up to date" if result.reused else "written"
-        print(f"{result.out}: {result.rows} rows {state} ({result.rows_read} read, {result.filtered_empty} "
-              f"filtered); train with data.format=processed data.path={result.out}")
+        print(
+            f"{result.out}: {result.rows} rows {state} ({result.rows_read} read, {result.filtered_empty} "
+            f"filtered); train with data.format=processed data.path={result.out}"
+        )
 
-    return run_command(work)
+    return PARSER.run(argv, work)  # no log file: the cache directory holds only the cache
 
 
 if __name__ == "__main__":

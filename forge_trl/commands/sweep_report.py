@@ -1,4 +1,5 @@
-"""`python -m forge_trl.sweep_report <multirun dir>`: one table of a sweep's hyperparameters against its metrics.
+"""`forge-trl sweep-report <multirun dir>` (also `python -m forge_trl.sweep_report`):
+one table of a sweep's hyperparameters against its metrics.
 
 Each job directory of a Hydra multirun (`python -m forge_trl -m task=dpo task.beta=0.05,0.1,0.3`) holds its
 overrides (`.hydra/overrides.yaml`), its checkpoint's forge_run.json (training metrics), its bench.json (held-out
@@ -12,15 +13,24 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from forge_trl.errors import EXIT_USER_ERROR, ConfigError, run_command
+from forge_trl.commands.args import KeyValueParser, positional
+from forge_trl.errors import ConfigError
 
 # Held-out metrics a sweep report shows, when the jobs have them (the bench's rates and scores).
-METRICS = ["checker_accuracy", "format_compliance", "preference_accuracy", "rm_accuracy", "rm_score",
-           "rm_score_gain", "win_rate"]
+METRICS = [
+    "checker_accuracy",
+    "format_compliance",
+    "preference_accuracy",
+    "rm_accuracy",
+    "rm_score",
+    "rm_score_gain",
+    "win_rate",
+]
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -30,7 +40,7 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 def read_job(job: Path) -> dict:
     from forge_trl.commands.train import FAILED_MARKER
-    from forge_trl.models.checkpoint import read_run_info
+    from forge_trl.models.run_info import read_run_info
 
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
     row: dict = {"job": job.name, "params": dict(o.split("=", 1) for o in overrides if "=" in o)}
@@ -42,7 +52,7 @@ def read_job(job: Path) -> dict:
         row["status"] = "incomplete"  # killed, or still running
         return row
     row["status"] = "ok"
-    metrics = info.get("metrics", {})
+    metrics = info.metrics
     row["train_loss"] = metrics.get("last_loss", metrics.get("train_loss"))
     if "eval_loss" in metrics:
         row["eval_loss"] = metrics["eval_loss"]
@@ -77,8 +87,7 @@ def _cell(value) -> str:
 
 def render(rows: list[dict], keys: list[str]) -> str:
     metrics = [m for m in ["train_loss", "eval_loss", *METRICS] if any(m in row for row in rows)]
-    lines = ["| job | " + " | ".join([*keys, "status", *metrics]) + " |",
-             "|" + "---|" * (len(keys) + len(metrics) + 2)]
+    lines = ["| job | " + " | ".join([*keys, "status", *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics) + 2)]
     for row in rows:
         status = row["status"] if row["status"] != "failed" else f"failed: {row['error']}"
         cells = [row["job"], *(row["params"].get(k, "") for k in keys), status, *(_cell(row.get(m)) for m in metrics)]
@@ -124,8 +133,10 @@ def report(sweep_dir: str | Path) -> dict:
         raise ConfigError(f"'{sweep_dir}' is not a directory; expected a Hydra multirun directory")
     jobs = _job_dirs(root)
     if not jobs:
-        raise ConfigError(f"'{sweep_dir}' has no job directories with .hydra/overrides.yaml; expected the "
-                          "directory a `python -m forge_trl -m ...` sweep wrote (hydra.sweep.dir)")
+        raise ConfigError(
+            f"'{sweep_dir}' has no job directories with .hydra/overrides.yaml; expected the "
+            "directory a `python -m forge_trl -m ...` sweep wrote (hydra.sweep.dir)"
+        )
     rows = [read_job(job) for job in jobs]
     keys = swept_keys(rows)
     table = render(rows, keys)
@@ -147,12 +158,20 @@ def report(sweep_dir: str | Path) -> dict:
     return result
 
 
+@dataclass
+class SweepReportArgs:
+    """One table of a sweep's hyperparameters against its metrics (train loss, bench), failed jobs included;
+    writes sweep_report.md, sweep_report.json and sweep_report.png into the sweep directory."""
+
+    # The directory a sweep (`forge-trl train -m ...`) wrote: hydra.sweep.dir.
+    sweep_dir: str = field(metadata=positional("sweep dir"))
+
+
+PARSER = KeyValueParser(SweepReportArgs, "sweep-report", example="forge-trl sweep-report outputs/beta_sweep")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR
-    return run_command(lambda: report(argv[0]))
+    return PARSER.run(argv, lambda args: report(args.sweep_dir))  # its outputs are the report files
 
 
 if __name__ == "__main__":

@@ -12,16 +12,25 @@ Range checks (a negative learning rate, `orpo_lambda <= 0`) live in `__post_init
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, get_args
 
 from omegaconf import MISSING
 
 from forge_trl.config.bench import BenchConfig
-from forge_trl.errors import ConfigError, require  # noqa: F401  (schemas elsewhere import require from here)
+from forge_trl.errors import ConfigError, did_you_mean, require  # noqa: F401  (schemas elsewhere import require from here)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DATA_TASKS = ("text", "sft", "preference", "prompted_preference", "prompt_only", "unpaired_preference")
+DataLayout = Literal["text", "sft", "preference", "prompted_preference", "prompt_only", "unpaired_preference"]
+DATA_LAYOUTS: tuple[str, ...] = get_args(DataLayout)
+
+
+@functools.cache
+def warn_deprecated(old_key: str, new_key: str) -> None:
+    """One line per process, however often a config is checked (the CLI checks it before Hydra runs it)."""
+    logging.getLogger("forge_trl").warning("%s is deprecated; use %s", old_key, new_key)
 
 
 @dataclass
@@ -41,10 +50,16 @@ class ModelConfig:
     attn_implementation: Optional[str] = None
 
     def __post_init__(self):
-        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
-                f"expected auto|float32|bfloat16|float16, got '{self.dtype}'")
-        require(self.quantization in (None, "4bit", "8bit"), "model.quantization",
-                f"expected null|4bit|8bit, got '{self.quantization}'")
+        require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "model.dtype",
+            f"expected auto|float32|bfloat16|float16, got '{self.dtype}'",
+        )
+        require(
+            self.quantization in (None, "4bit", "8bit"),
+            "model.quantization",
+            f"expected null|4bit|8bit, got '{self.quantization}'",
+        )
 
 
 @dataclass
@@ -60,18 +75,31 @@ class DataConfig:
     format: str = "raw"
     # Row layout: text | sft | preference | prompted_preference | prompt_only | unpaired_preference.
     # null: the task's default.
-    task: Optional[str] = None
+    layout: Optional[str] = None
     # Tokens per sequence (prompt + response). Rows whose response is cut to nothing are dropped.
     max_length: int = 512
     # Render prompt/response rows with the tokenizer's chat template (when it has one).
     chat_template: bool = True
     # Use at most this many rows (after shuffling with `seed`); null: all.
     max_rows: Optional[int] = None
+    # Deprecated: the old name of `layout` (it never named a task), moved there with a warning.
+    task: Optional[str] = None
 
     def __post_init__(self):
         require(self.format in ("raw", "processed"), "data.format", f"expected raw|processed, got '{self.format}'")
-        require(self.task is None or self.task in DATA_TASKS, "data.task",
-                f"expected one of {'|'.join(DATA_TASKS)}, got '{self.task}'")
+        if self.task is not None:
+            require(
+                self.task in DATA_LAYOUTS, "data.task", f"expected one of {'|'.join(DATA_LAYOUTS)}, got '{self.task}'"
+            )
+            if self.layout is not None and self.layout != self.task:
+                raise ConfigError(f"data.task={self.task} contradicts data.layout={self.layout}; set only data.layout")
+            warn_deprecated("data.task", "data.layout")
+            self.layout, self.task = self.task, None
+        require(
+            self.layout is None or self.layout in DATA_LAYOUTS,
+            "data.layout",
+            f"expected one of {'|'.join(DATA_LAYOUTS)}, got '{self.layout}'",
+        )
         require(self.max_length > 0, "data.max_length", f"must be positive, got {self.max_length}")
         require(self.max_rows is None or self.max_rows > 0, "data.max_rows", "must be positive")
 
@@ -133,15 +161,22 @@ class InjectionConfig:
         steps = [p.step for p in self.phases]
         require(all(s >= 0 for s in steps), "injection.phases", "every phase needs step >= 0")
         require(steps == sorted(set(steps)), "injection.phases", f"phase steps must increase strictly, got {steps}")
-        require(not steps or steps[0] == 0, "injection.phases", f"the first phase must start at step 0, got {steps[:1]}")
+        require(
+            not steps or steps[0] == 0, "injection.phases", f"the first phase must start at step 0, got {steps[:1]}"
+        )
         for i, phase in enumerate(self.phases):
             require(len(phase.trainable) > 0, f"injection.phases[{i}].trainable", "must name at least one group")
             for group in phase.trainable:
-                require(group in PARAMETER_GROUPS, f"injection.phases[{i}].trainable",
-                        f"unknown group '{group}'; expected one of {', '.join(PARAMETER_GROUPS)}")
+                require(
+                    group in PARAMETER_GROUPS,
+                    f"injection.phases[{i}].trainable",
+                    f"unknown group '{group}'; expected one of {', '.join(PARAMETER_GROUPS)}",
+                )
         for group in HANDOFF_GROUPS:
             fade, key = getattr(self.handoff, group), f"injection.handoff.{group}"
-            require(not fade.enabled or 0 <= fade.start_step < fade.end_step, key, "expected 0 <= start_step < end_step")
+            require(
+                not fade.enabled or 0 <= fade.start_step < fade.end_step, key, "expected 0 <= start_step < end_step"
+            )
             require(0.0 <= fade.end_scale <= 1.0, f"{key}.end_scale", f"must be in [0, 1], got {fade.end_scale}")
             require(fade.curve in HANDOFF_CURVES, f"{key}.curve", f"expected linear|cosine, got '{fade.curve}'")
 
@@ -202,7 +237,11 @@ class ForgeConfig:
     """One forge_trl run: the four config groups plus run-level keys."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    injection: Any = MISSING
+    # Composed from the group option (`injection=mixture_lora`): the InjectionConfig subclass of that name.
+    # Strategies read their own fields through `Injection.cfg`, which is typed as their schema.
+    injection: InjectionConfig = MISSING
+    # Composed from `task=<name>`: the TaskConfig subclass of that name. Kept Any: tasks (plugins too) read their
+    # own fields as `ctx.cfg.task.beta`, which the base TaskConfig does not declare.
     task: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     # The run writes `${output_dir}/final/` (plus metrics.jsonl, loss.png, intermediate checkpoints).
@@ -225,7 +264,9 @@ class ForgeConfig:
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
-        require(self.max_nonfinite_steps > 0, "max_nonfinite_steps", f"must be positive, got {self.max_nonfinite_steps}")
+        require(
+            self.max_nonfinite_steps > 0, "max_nonfinite_steps", f"must be positive, got {self.max_nonfinite_steps}"
+        )
 
 
 def to_typed(cfg) -> ForgeConfig:
@@ -253,7 +294,11 @@ def reject_undeclared_keys(node, typed, prefix: str = "") -> None:
         declared = {f.name for f in dataclasses.fields(typed)}
         for key in node.keys():
             if key not in declared:
-                hint = "; forge_trl never instantiates classes from a config" if str(key).startswith("_") else ""
+                hint = (
+                    "; forge_trl never instantiates classes from a config"
+                    if str(key).startswith("_")
+                    else did_you_mean_key(prefix, key, declared)
+                )
                 raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
             reject_undeclared_keys(node._get_node(key), getattr(typed, key), f"{prefix}{key}.")
     elif isinstance(typed, list) and isinstance(node, ListConfig):
@@ -261,9 +306,27 @@ def reject_undeclared_keys(node, typed, prefix: str = "") -> None:
             reject_undeclared_keys(item, value, f"{prefix[:-1]}[{i}].")
 
 
+def did_you_mean_key(prefix: str, key, candidates) -> str:
+    """`"; did you mean '<prefix><closest>'?"` for a misspelt key among its siblings, or ""."""
+    suggestion = did_you_mean(str(key), candidates)
+    return suggestion.replace("'", f"'{prefix}", 1) if suggestion else ""
+
+
+def _sibling_keys(error) -> list[str]:
+    """The keys a misspelt key could have meant: the fields of the schema it was set on."""
+    import dataclasses
+
+    object_type = getattr(error, "object_type", None)
+    if object_type is not None and dataclasses.is_dataclass(object_type):
+        return [f.name for f in dataclasses.fields(object_type)]
+    parent = getattr(error, "parent_node", None)
+    return [str(k) for k in parent.keys()] if parent is not None and hasattr(parent, "keys") else []
+
+
 def describe_omegaconf_error(exc: BaseException) -> str:
     """One line from an OmegaConf/Hydra exception chain: the key and what was wrong."""
-    chain, node = [], exc
+    chain: list[BaseException] = []
+    node: BaseException | None = exc
     while node is not None and node not in chain:
         if isinstance(node, ConfigError):
             return str(node)
@@ -275,7 +338,9 @@ def describe_omegaconf_error(exc: BaseException) -> str:
     first = msg.splitlines()[0] if msg else type(source).__name__
     key = getattr(source, "full_key", None)
     if key and " not in " in first:
-        return f"unknown config key '{key}' ({first})"
+        name = str(getattr(source, "key", key))
+        suggestion = did_you_mean_key(key[: len(key) - len(name)], name, _sibling_keys(source))
+        return f"unknown config key '{key}'{suggestion or f' ({first})'}"
     if key:
         return f"{key}: {first}"
     return first

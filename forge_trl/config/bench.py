@@ -42,8 +42,11 @@ class JudgeConfig:
     timeout: float = 60.0
 
     def __post_init__(self):
-        require(not (self.reward_model and self.url), "bench.judge",
-                "set either bench.judge.reward_model or bench.judge.url, not both")
+        require(
+            not (self.reward_model and self.url),
+            "bench.judge",
+            "set either bench.judge.reward_model or bench.judge.url, not both",
+        )
         require(self.timeout > 0, "bench.judge.timeout", f"must be positive, got {self.timeout}")
 
 
@@ -53,9 +56,10 @@ class BenchConfig:
 
     # Run the bench on `final/` after training. null: only in a multirun sweep (it feeds the sweeper).
     enabled: Optional[bool] = None
-    # Held-out prompts (JSONL rows with `prompt`, optionally `answer` for the checker). null: the demo suite's.
+    # Held-out prompts (JSONL rows with `prompt`, optionally `system` and `answer` for the checker). null: the demo
+    # suite's.
     prompts: Optional[str] = None
-    # Held-out preference pairs (`prompt`, `chosen`, `rejected`). null: the demo suite's.
+    # Held-out preference pairs (`prompt`, `chosen`, `rejected`, optionally `system`). null: the demo suite's.
     pairs: Optional[str] = None
     # Use at most this many prompts and pairs (the first ones). null: all.
     max_rows: Optional[int] = None
@@ -81,14 +85,24 @@ class BenchConfig:
     def __post_init__(self):
         require(self.max_new_tokens > 0, "bench.max_new_tokens", f"must be positive, got {self.max_new_tokens}")
         require(self.max_rows is None or self.max_rows > 0, "bench.max_rows", f"must be positive, got {self.max_rows}")
-        require(self.temperature is None or self.temperature > 0, "bench.temperature",
-                f"must be positive (or null for greedy), got {self.temperature}")
-        require(self.samples_per_prompt > 0, "bench.samples_per_prompt",
-                f"must be positive, got {self.samples_per_prompt}")
-        require(self.format_regex is None or _compiles(self.format_regex), "bench.format_regex",
-                f"'{self.format_regex}' is not a valid regular expression")
-        require(self.objective in OBJECTIVES, "bench.objective",
-                f"expected one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        require(
+            self.temperature is None or self.temperature > 0,
+            "bench.temperature",
+            f"must be positive (or null for greedy), got {self.temperature}",
+        )
+        require(
+            self.samples_per_prompt > 0, "bench.samples_per_prompt", f"must be positive, got {self.samples_per_prompt}"
+        )
+        require(
+            self.format_regex is None or _compiles(self.format_regex),
+            "bench.format_regex",
+            f"'{self.format_regex}' is not a valid regular expression",
+        )
+        require(
+            self.objective in OBJECTIVES,
+            "bench.objective",
+            f"expected one of {', '.join(OBJECTIVES)}, got '{self.objective}'",
+        )
 
 
 def _compiles(pattern: str) -> bool:
@@ -99,4 +113,3 @@ def _compiles(pattern: str) -> bool:
     except re.error:
         return False
     return True
-

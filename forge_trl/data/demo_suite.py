@@ -21,10 +21,11 @@ import json
 import os
 import random
 import re
-import shutil
 import string
 from pathlib import Path
 from typing import NamedTuple
+
+from forge_trl.files import write_dir_atomically, write_text_atomically
 
 # Bump whenever the generated content changes, so cached suites (and models built from them) are rebuilt.
 GENERATOR_VERSION = "4"
@@ -38,36 +39,136 @@ SFT_RAMBLING_SHARE = 0.3
 # The chat format of the built-in tokenizer (forge_trl.models.tiny builds its template from these tokens).
 USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN = "<|user|>", "<|assistant|>", "<|end|>"
 
-# Layout (`data.task`) -> file stem of the demo data the training code reads for that layout.
-DEMO_FILES = {"text": "pretrain", "sft": "sft", "preference": "preference",
-              "prompted_preference": "preference", "prompt_only": "prompt_only"}
-FILE_NAMES = {stem: f"{stem}.jsonl" for stem in (
-    "pretrain", "sft", "sft_heldout", "preference", "preference_heldout", "prompt_only", "prompt_only_heldout")}
+# Layout (`data.layout`) -> file stem of the demo data the training code reads for that layout.
+DEMO_FILES = {
+    "text": "pretrain",
+    "sft": "sft",
+    "preference": "preference",
+    "prompted_preference": "preference",
+    "prompt_only": "prompt_only",
+}
+FILE_NAMES = {
+    stem: f"{stem}.jsonl"
+    for stem in (
+        "pretrain",
+        "sft",
+        "sft_heldout",
+        "preference",
+        "preference_heldout",
+        "prompt_only",
+        "prompt_only_heldout",
+    )
+}
 FILE_NAMES["corpus"] = "corpus.txt"
 
 OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("left", "right"), ("fast", "slow"), ("happy", "sad"),
-    ("open", "closed"), ("wet", "dry"), ("old", "young"), ("light", "dark"), ("hard", "soft"), ("high", "low"),
-    ("full", "empty"), ("early", "late"), ("loud", "quiet"), ("rich", "poor"), ("strong", "weak"),
-    ("long", "short"), ("thick", "thin"), ("in", "out"), ("near", "far"), ("clean", "dirty"), ("day", "night"),
-    ("black", "white"), ("good", "bad"), ("true", "false"), ("yes", "no"), ("win", "lose"), ("buy", "sell"),
-    ("push", "pull"), ("first", "last"), ("inside", "outside"), ("above", "below"), ("front", "back"),
-    ("sweet", "sour"), ("wide", "narrow"), ("deep", "shallow"), ("give", "take"), ("laugh", "cry"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("left", "right"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("open", "closed"),
+    ("wet", "dry"),
+    ("old", "young"),
+    ("light", "dark"),
+    ("hard", "soft"),
+    ("high", "low"),
+    ("full", "empty"),
+    ("early", "late"),
+    ("loud", "quiet"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("long", "short"),
+    ("thick", "thin"),
+    ("in", "out"),
+    ("near", "far"),
+    ("clean", "dirty"),
+    ("day", "night"),
+    ("black", "white"),
+    ("good", "bad"),
+    ("true", "false"),
+    ("yes", "no"),
+    ("win", "lose"),
+    ("buy", "sell"),
+    ("push", "pull"),
+    ("first", "last"),
+    ("inside", "outside"),
+    ("above", "below"),
+    ("front", "back"),
+    ("sweet", "sour"),
+    ("wide", "narrow"),
+    ("deep", "shallow"),
+    ("give", "take"),
+    ("laugh", "cry"),
     ("north", "south"),
 ]
 COLORS = [
-    ("the sky", "blue"), ("grass", "green"), ("snow", "white"), ("a banana", "yellow"), ("a lemon", "yellow"),
-    ("coal", "black"), ("blood", "red"), ("a tomato", "red"), ("a carrot", "orange"), ("the sun", "yellow"),
-    ("milk", "white"), ("a frog", "green"), ("chocolate", "brown"), ("a strawberry", "red"), ("a lime", "green"),
-    ("a pumpkin", "orange"), ("the sea", "blue"), ("a crow", "black"), ("a flamingo", "pink"), ("a pig", "pink"),
-    ("an eggplant", "purple"), ("a grape", "purple"), ("wood", "brown"), ("an elephant", "gray"),
-    ("a cloud", "white"), ("a blueberry", "blue"), ("a leaf", "green"),
+    ("the sky", "blue"),
+    ("grass", "green"),
+    ("snow", "white"),
+    ("a banana", "yellow"),
+    ("a lemon", "yellow"),
+    ("coal", "black"),
+    ("blood", "red"),
+    ("a tomato", "red"),
+    ("a carrot", "orange"),
+    ("the sun", "yellow"),
+    ("milk", "white"),
+    ("a frog", "green"),
+    ("chocolate", "brown"),
+    ("a strawberry", "red"),
+    ("a lime", "green"),
+    ("a pumpkin", "orange"),
+    ("the sea", "blue"),
+    ("a crow", "black"),
+    ("a flamingo", "pink"),
+    ("a pig", "pink"),
+    ("an eggplant", "purple"),
+    ("a grape", "purple"),
+    ("wood", "brown"),
+    ("an elephant", "gray"),
+    ("a cloud", "white"),
+    ("a blueberry", "blue"),
+    ("a leaf", "green"),
 ]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-                "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+NUMBER_WORDS = [
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
 LETTERS = list(string.ascii_lowercase)
 
 # Question phrasings and prose fact forms per family; `{s}` is the subject, `{t}` the second operand, `{a}` the answer.
@@ -93,19 +194,36 @@ RAMBLING = [
     "{a}. If I remember correctly, that is what I learned about this a long time ago.",
 ]
 FILLER = [
-    "a week has seven days.", "a year has twelve months.", "the alphabet has many letters.",
-    "we can count from one to twenty.", "the children play in the garden.", "my friend has a small dog.",
-    "the cat sleeps on the warm mat.", "we eat bread and soup for dinner.", "the teacher reads a story to the class.",
-    "birds sing in the trees every morning.", "the river runs past the old house.", "she writes a letter to her mother.",
-    "he rides his bike to school.", "the farmer grows food in the field.", "we walk to the park on weekends.",
-    "the baker makes fresh bread.", "the train leaves the station at noon.", "I like to draw pictures.",
-    "the little boat floats on the lake.", "they sing songs together.", "the shop sells fruit and vegetables.",
-    "numbers help us count things.", "words help us talk to each other.", "a question asks for an answer.",
+    "a week has seven days.",
+    "a year has twelve months.",
+    "the alphabet has many letters.",
+    "we can count from one to twenty.",
+    "the children play in the garden.",
+    "my friend has a small dog.",
+    "the cat sleeps on the warm mat.",
+    "we eat bread and soup for dinner.",
+    "the teacher reads a story to the class.",
+    "birds sing in the trees every morning.",
+    "the river runs past the old house.",
+    "she writes a letter to her mother.",
+    "he rides his bike to school.",
+    "the farmer grows food in the field.",
+    "we walk to the park on weekends.",
+    "the baker makes fresh bread.",
+    "the train leaves the station at noon.",
+    "I like to draw pictures.",
+    "the little boat floats on the lake.",
+    "they sing songs together.",
+    "the shop sells fruit and vegetables.",
+    "numbers help us count things.",
+    "words help us talk to each other.",
+    "a question asks for an answer.",
 ]
 
 
 class Item(NamedTuple):
     """One fact: its family, the question phrasings that ask for it, prose statements of it, and wrong answers."""
+
     family: str
     answer: str
     questions: tuple[str, ...]
@@ -116,18 +234,30 @@ class Item(NamedTuple):
 def _item(family: str, subject: str, answer: str, distractors, other: str = "") -> Item:
     fill = dict(s=subject, t=other, a=answer)
     wrong = tuple(sorted({d for d in distractors if d not in (answer, subject)}))
-    return Item(family, answer, tuple(q.format(**fill) for q in QUESTIONS[family]),
-                tuple(f.format(**fill) for f in FACTS[family]), wrong)
+    return Item(
+        family,
+        answer,
+        tuple(q.format(**fill) for q in QUESTIONS[family]),
+        tuple(f.format(**fill) for f in FACTS[family]),
+        wrong,
+    )
 
 
 def build_items() -> list[Item]:
     """Every item of every family, in a fixed order (about 270 in all)."""
-    items = [_item("add", str(a), str(a + b), [str(a + b + d) for d in (-2, -1, 1, 2) if a + b + d >= 0], str(b))
-             for a in range(10) for b in range(10)]
+    items = [
+        _item("add", str(a), str(a + b), [str(a + b + d) for d in (-2, -1, 1, 2) if a + b + d >= 0], str(b))
+        for a in range(10)
+        for b in range(10)
+    ]
     words = [w for pair in OPPOSITES for w in pair]
     items += [_item("opposite", x, y, words) for p, q in OPPOSITES for x, y in ((p, q), (q, p))]
-    for seq, cyclic, prefix in ((DAYS, True, ""), (MONTHS, True, ""), (NUMBER_WORDS, False, ""),
-                                (LETTERS, False, "the letter ")):
+    for seq, cyclic, prefix in (
+        (DAYS, True, ""),
+        (MONTHS, True, ""),
+        (NUMBER_WORDS, False, ""),
+        (LETTERS, False, "the letter "),
+    ):
         n = len(seq)
         for i in range(n if cyclic else n - 1):
             near = [seq[(i + d) % n] for d in (-2, -1, 2, 3) if cyclic or 0 <= i + d < n]
@@ -163,7 +293,7 @@ def answer_first(response: str, answer: str) -> bool:
     text, ans = response.strip().lower(), answer.strip().lower()
     if not ans or not text.startswith(ans):
         return False
-    rest = text[len(ans):]
+    rest = text[len(ans) :]
     if not rest.rstrip(string.punctuation + string.whitespace):
         return True
     # A word continues through letters/digits, and through - ' . , when they join two word characters (7.5).
@@ -178,7 +308,7 @@ def render_chat(user: str, assistant: str) -> str:
 def _pretrain_rows(items: list[Item], chat_questions: dict[Item, list[str]], rng: random.Random) -> list[dict]:
     """Every fact in prose, as a Question/Answer line and as a rambling chat transcript, PRETRAIN_PASSES times,
     with filler, packed into rows."""
-    sentences = []
+    sentences: list[str] = []
     for _ in range(PRETRAIN_PASSES):
         for item in items:
             sentences += item.facts
@@ -209,24 +339,22 @@ def _preference_rows(items: list[Item], prompts: dict[Item, list[str]], rng: ran
         kinds = ["wrong", "rambling"]
         rng.shuffle(kinds)
         for kind in kinds[: rng.choice((1, 2))]:
-            rejected = (rng.choice(item.distractors) if kind == "wrong"
-                        else rng.choice(RAMBLING).format(a=item.answer))
-            rows.append({"prompt": rng.choice(prompts[item]), "chosen": item.answer, "rejected": rejected,
-                         "family": item.family, "answer": item.answer})
+            rejected = rng.choice(item.distractors) if kind == "wrong" else rng.choice(RAMBLING).format(a=item.answer)
+            rows.append(
+                {
+                    "prompt": rng.choice(prompts[item]),
+                    "chosen": item.answer,
+                    "rejected": rejected,
+                    "family": item.family,
+                    "answer": item.answer,
+                }
+            )
     rng.shuffle(rows)
     return rows
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write-then-rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def generate_demo_suite(out_dir, seed: int = 0) -> dict[str, Path]:
@@ -245,8 +373,11 @@ def generate_demo_suite(out_dir, seed: int = 0) -> dict[str, Path]:
         def response(item: Item) -> str:
             return rng.choice(RAMBLING).format(a=item.answer) if rng.random() < rambling_share else item.answer
 
-        rows = [{"prompt": q, "response": response(it), "family": it.family, "answer": it.answer}
-                for it in part for q in prompts[it]]
+        rows = [
+            {"prompt": q, "response": response(it), "family": it.family, "answer": it.answer}
+            for it in part
+            for q in prompts[it]
+        ]
         rng.shuffle(rows)
         return rows
 
@@ -255,10 +386,12 @@ def generate_demo_suite(out_dir, seed: int = 0) -> dict[str, Path]:
 
     data = {
         "pretrain": _pretrain_rows(items, chat_questions, random.Random(f"{seed}:pretrain")),
-        "sft": sft(train, SFT_RAMBLING_SHARE), "sft_heldout": sft(heldout, 0.0),
+        "sft": sft(train, SFT_RAMBLING_SHARE),
+        "sft_heldout": sft(heldout, 0.0),
         "preference": _preference_rows(train, prompts, rng),
         "preference_heldout": _preference_rows(heldout, prompts, rng),
-        "prompt_only": prompt_only(train), "prompt_only_heldout": prompt_only(heldout),
+        "prompt_only": prompt_only(train),
+        "prompt_only_heldout": prompt_only(heldout),
     }
     paths = {stem: out / name for stem, name in FILE_NAMES.items()}
     lines = []
@@ -266,7 +399,7 @@ def generate_demo_suite(out_dir, seed: int = 0) -> dict[str, Path]:
         _write_jsonl(paths[stem], rows)
         for row in rows:
             lines += [row[k] for k in ("text", "prompt", "response", "chosen", "rejected") if k in row]
-    _write_text(paths["corpus"], "".join(re.sub(r"\s+", " ", line) + "\n" for line in lines))
+    write_text_atomically(paths["corpus"], "".join(re.sub(r"\s+", " ", line) + "\n" for line in lines))
     return paths
 
 
@@ -285,18 +418,12 @@ def ensure_demo_suite(seed: int = 0) -> dict[str, Path]:
     paths = {stem: target / name for stem, name in FILE_NAMES.items()}
     if all(p.is_file() for p in paths.values()):
         return paths
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{random.SystemRandom().getrandbits(32):08x}")
     try:
-        generate_demo_suite(tmp, seed)
-        try:
-            os.rename(tmp, target)  # no suite yet: it appears whole
-        except OSError:
-            # A suite is there: another process's (every rank of a launch gets here at once), or one with files
-            # deleted by hand. Only its missing files are filled in, each by an atomic rename of identical content,
-            # so no caller can see a file vanish or appear half-written, whatever the interleaving.
-            for path in paths.values():
-                if not path.is_file():
-                    os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_dir_atomically(target, lambda tmp: generate_demo_suite(tmp, seed), overwrite=False)  # appears whole
+    except FileExistsError:
+        # A suite is there: another process's (every rank of a launch gets here at once), or one with files deleted
+        # by hand. Its files are written again, each by an atomic rename of identical content, so no caller can see
+        # a file vanish or appear half-written, whatever the interleaving.
+        if not all(p.is_file() for p in paths.values()):
+            generate_demo_suite(target, seed)
     return paths

@@ -1,11 +1,12 @@
 """Field layouts users have, validated row by row and mapped to TRL's dataset columns.
 
-`data.task` names the layout:
+`data.layout` names the layout:
 
 | layout               | accepted row fields                                                              |
 |----------------------|-----------------------------------------------------------------------------------|
 | text                 | {text}                                                                            |
-| sft                  | {messages} · {prompt, response} · {instruction, [input], response} · {prompt, completion} · {text} |
+| sft                  | {messages} · {prompt, response} · {instruction, [input], response} ·               |
+|                      | {prompt, completion} · {text}                                                     |
 | preference           | {chosen, rejected} (prompt implicit in both) · {prompt, chosen, rejected}          |
 | prompted_preference  | {prompt, chosen, rejected}                                                        |
 | prompt_only          | {prompt} · {messages}                                                             |
@@ -47,7 +48,9 @@ def match_fields(row: Row, layout: str) -> tuple[str, ...]:
     raise DataError(
         f"missing field '{missing}'; a {layout} row needs {describe_layout(layout)} (row has: "
         f"{', '.join(sorted(row.data)) or 'no fields'})",
-        path=row.path, line=row.line, field=missing,
+        path=row.path,
+        line=row.line,
+        field=missing,
     )
 
 
@@ -63,19 +66,25 @@ def _string(row: Row, name: str) -> str:
 def _messages(row: Row, name: str) -> list[dict]:
     value = row.data[name]
     if not isinstance(value, list) or not value:
-        raise DataError("expected a non-empty list of {role, content} messages", path=row.path, line=row.line,
-                        field=name)
+        raise DataError(
+            "expected a non-empty list of {role, content} messages", path=row.path, line=row.line, field=name
+        )
     out = []
     for index, message in enumerate(value):
         where = f"{name}[{index}]"
         if not isinstance(message, dict) or not {"role", "content"} <= set(message):
             raise DataError("expected an object with 'role' and 'content'", path=row.path, line=row.line, field=where)
         if message["role"] not in ROLES:
-            raise DataError(f"role '{message['role']}' is not one of {', '.join(ROLES)}", path=row.path,
-                            line=row.line, field=where)
+            raise DataError(
+                f"role '{message['role']}' is not one of {', '.join(ROLES)}", path=row.path, line=row.line, field=where
+            )
         if not isinstance(message["content"], str):
-            raise DataError(f"content must be a string, got {type(message['content']).__name__}", path=row.path,
-                            line=row.line, field=where)
+            raise DataError(
+                f"content must be a string, got {type(message['content']).__name__}",
+                path=row.path,
+                line=row.line,
+                field=where,
+            )
         out.append({"role": message["role"], "content": message["content"]})
     return out
 
@@ -97,8 +106,9 @@ def _prompt_text(row: Row, fields: tuple[str, ...]) -> str:
         text = _string(row, "instruction")
         extra = row.data.get("input")
         if extra is not None and not isinstance(extra, str):
-            raise DataError(f"expected a string, got {type(extra).__name__}", path=row.path, line=row.line,
-                            field="input")
+            raise DataError(
+                f"expected a string, got {type(extra).__name__}", path=row.path, line=row.line, field="input"
+            )
         return f"{text}\n\n{extra}" if extra and extra.strip() else text
     return _string(row, fields[0])
 
@@ -111,15 +121,23 @@ def to_trl_columns(row: Row, layout: str, chat: bool) -> dict:
     if fields == ("messages",):
         messages = _messages(row, "messages")
         if not chat:
-            raise DataError("messages rows need a tokenizer with a chat template (data.chat_template=true)",
-                            path=row.path, line=row.line, field="messages")
+            raise DataError(
+                "messages rows need a tokenizer with a chat template (data.chat_template=true)",
+                path=row.path,
+                line=row.line,
+                field="messages",
+            )
         if layout == "prompt_only":
             if messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
             return {"prompt": messages}
         if messages[-1]["role"] != "assistant" or len(messages) < 2:
-            raise DataError("the last message must be an assistant reply that follows a prompt", path=row.path,
-                            line=row.line, field="messages")
+            raise DataError(
+                "the last message must be an assistant reply that follows a prompt",
+                path=row.path,
+                line=row.line,
+                field="messages",
+            )
         return {"prompt": messages[:-1], "completion": messages[-1:]}
     if layout == "prompt_only":
         prompt = _string(row, "prompt")
@@ -129,12 +147,16 @@ def to_trl_columns(row: Row, layout: str, chat: bool) -> dict:
     if fields == ("prompt", "completion", "label"):
         label = row.data["label"]
         if not isinstance(label, bool):
-            raise DataError(f"expected true or false, got {type(label).__name__}", path=row.path, line=row.line,
-                            field="label")
+            raise DataError(
+                f"expected true or false, got {type(label).__name__}", path=row.path, line=row.line, field="label"
+            )
         prompt, completion = _string(row, "prompt"), _string(row, "completion")
         if chat:
-            return {"prompt": _user_turn(row, prompt), "completion": [{"role": "assistant", "content": completion}],
-                    "label": label}
+            return {
+                "prompt": _user_turn(row, prompt),
+                "completion": [{"role": "assistant", "content": completion}],
+                "label": label,
+            }
         return {"prompt": prompt, "completion": completion, "label": label}
     prompt, response = _prompt_text(row, fields), _string(row, fields[-1])
     if chat:
@@ -145,8 +167,12 @@ def to_trl_columns(row: Row, layout: str, chat: bool) -> dict:
 def _preference_columns(row: Row, fields: tuple[str, ...], chat: bool) -> dict:
     chosen, rejected = _text_or_messages(row, "chosen"), _text_or_messages(row, "rejected")
     if type(chosen) is not type(rejected):
-        raise DataError("chosen and rejected must both be strings or both be message lists", path=row.path,
-                        line=row.line, field="rejected")
+        raise DataError(
+            "chosen and rejected must both be strings or both be message lists",
+            path=row.path,
+            line=row.line,
+            field="rejected",
+        )
     if "prompt" in fields:
         prompt = _text_or_messages(row, "prompt")
         if isinstance(prompt, str) and isinstance(chosen, str) and chat:
@@ -158,6 +184,10 @@ def _preference_columns(row: Row, fields: tuple[str, ...], chat: bool) -> dict:
 
     columns = extract_prompt({"chosen": chosen, "rejected": rejected})
     if not columns["prompt"]:
-        raise DataError("chosen and rejected share no prompt; use {prompt, chosen, rejected} rows", path=row.path,
-                        line=row.line, field="chosen")
+        raise DataError(
+            "chosen and rejected share no prompt; use {prompt, chosen, rejected} rows",
+            path=row.path,
+            line=row.line,
+            field="chosen",
+        )
     return columns

@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from forge_trl.data.prompts import document_ids, split_completion, split_preference
 from forge_trl.errors import ConfigError, DataError
+from forge_trl.files import write_dir_atomically
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ KEY_NAMES = {
     "tokenizer": "tokenizer",
     "chat_template": "chat template",
     "max_length": "data.max_length",
-    "layout": "data.task (layout)",
+    "layout": "data.layout",
     "trainer": "trainer",
     "trl": "TRL version",
     "format_version": "cache format",
@@ -83,8 +84,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
         body.pop("padding", None)
     else:
         body = sorted(tokenizer.get_vocab().items())
-    specials = {name: str(getattr(tokenizer, name, None))
-                for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials = {
+        name: str(getattr(tokenizer, name, None)) for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+    }
     return _sha(json.dumps([body, specials], sort_keys=True))
 
 
@@ -128,58 +130,20 @@ def _show(key: str, value) -> str:
 # --- tokenization, as TRL 1.16's trainers do it ---------------------------------------------------------------------
 
 
-def _token_ids(tokenizer, value, **template_kwargs) -> list[int]:
-    """A message list goes through the chat template, a string through the tokenizer, as TRL's `_tokenize`."""
-    if isinstance(value, list):
-        encoded = tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, **template_kwargs)
-    else:
-        encoded = tokenizer(text=value)
-    return list(encoded["input_ids"])
-
-
-def _with_eos(text: str, eos: str | None) -> str:
-    return text if eos is None or text.endswith(eos) else text + eos
-
-
 def tokenize_sft_row(row: dict, tokenizer) -> dict:
     """SFTTrainer's tokenization of one prompt/completion or text row (before labels and truncation)."""
-    from trl.data_utils import common_prefix_length, is_conversational
-
-    eos = tokenizer.eos_token
     if "prompt" not in row:
-        return {"input_ids": _token_ids(tokenizer, _with_eos(row["text"], eos))}
-    prompt, completion = row["prompt"], row["completion"]
-    if is_conversational(row):
-        prompt_ids = _token_ids(tokenizer, prompt, add_generation_prompt=True)
-        full_ids = _token_ids(tokenizer, prompt + completion)
-    else:
-        prompt_ids = _token_ids(tokenizer, prompt)
-        full_ids = _token_ids(tokenizer, prompt + _with_eos(completion, eos))
-    # TRL starts the completion where the two tokenizations diverge, not always at len(prompt_ids).
-    prompt_len = common_prefix_length(prompt_ids, full_ids)
-    return {"input_ids": full_ids, "completion_mask": [0] * prompt_len + [1] * (len(full_ids) - prompt_len)}
+        return {"input_ids": document_ids(tokenizer, row["text"])}
+    prompt_ids, completion_ids = split_completion(tokenizer, row["prompt"], row["completion"])
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+    }
 
 
 def tokenize_preference_row(row: dict, tokenizer) -> dict:
     """DPOTrainer's tokenization of one {prompt, chosen, rejected} row."""
-    from trl.data_utils import common_prefix_length, is_conversational
-
-    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    if is_conversational(row):
-        prompt_ids = _token_ids(tokenizer, prompt, add_generation_prompt=True)
-        chosen_full = _token_ids(tokenizer, prompt + chosen)
-        rejected_full = _token_ids(tokenizer, prompt + rejected)
-    else:
-        eos = tokenizer.eos_token
-        prompt_ids = _token_ids(tokenizer, prompt)
-        chosen_full = _token_ids(tokenizer, prompt + _with_eos(chosen, eos))
-        rejected_full = _token_ids(tokenizer, prompt + _with_eos(rejected, eos))
-    prompt_len = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
-    return {
-        "prompt_ids": prompt_ids[:prompt_len],
-        "chosen_ids": chosen_full[prompt_len:],
-        "rejected_ids": rejected_full[prompt_len:],
-    }
+    return split_preference(tokenizer, row["prompt"], row["chosen"], row["rejected"])
 
 
 TOKENIZERS = {"sft": tokenize_sft_row, "dpo": tokenize_preference_row}
@@ -194,7 +158,7 @@ def trainer_for_task(task_name: str, layout: str) -> str:
             f"expected task={supported}, or train task={task_name} on raw rows (data.format=raw)"
         )
     if trainer == "sft" and layout not in ("sft", "text") or trainer == "dpo" and "preference" not in layout:
-        raise ConfigError(f"preprocess: data.task={layout} does not suit task={task_name}")
+        raise ConfigError(f"preprocess: data.layout={layout} does not suit task={task_name}")
     return trainer
 
 
@@ -228,39 +192,52 @@ def read_metadata(path: str | os.PathLike) -> dict:
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"unreadable processed-data metadata ({exc}); rerun python -m forge_trl.preprocess",
-                        path=str(file)) from None
+        raise DataError(
+            f"unreadable processed-data metadata ({exc}); rerun python -m forge_trl.preprocess", path=str(file)
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
-        raise DataError("not a forge_trl.preprocess metadata file (no 'key'); rerun python -m forge_trl.preprocess",
-                        path=str(file))
+        raise DataError(
+            "not a forge_trl.preprocess metadata file (no 'key'); rerun python -m forge_trl.preprocess", path=str(file)
+        )
     return meta
 
 
-def build_cache(source_path: str, out: str | os.PathLike, *, task_name: str, layout: str, data, tokenizer,
-                tokenizer_source: str, overwrite: bool = False) -> BuildResult:
+def build_cache(
+    source_path: str,
+    out: str | os.PathLike,
+    *,
+    task_name: str,
+    layout: str,
+    data,
+    tokenizer,
+    tokenizer_source: str,
+    overwrite: bool = False,
+) -> BuildResult:
     """Read, convert, filter and tokenize `source_path` into the cache directory `out` (written atomically).
 
     An `out` already built from the same source bytes under the same key is reused as it is."""
     from datasets import Dataset
     from tqdm.auto import tqdm
 
-    from forge_trl.data.dataset import convert_and_filter
+    from forge_trl.data.filters import convert_and_filter
     from forge_trl.data.rows import read_rows
 
     trainer = trainer_for_task(task_name, layout)
     source, out = Path(source_path).expanduser(), Path(out).expanduser()
     if is_processed_cache(source):
         raise ConfigError(f"data.path={source} is already a processed cache; point data.path at the raw rows")
-    key = cache_key(tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout,
-                    trainer=trainer)
+    key = cache_key(
+        tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout, trainer=trainer
+    )
     digest = source_digest(source) if source.exists() else None
     if out.exists():
         if is_processed_cache(out) and not overwrite:
             meta = read_metadata(out)
             if meta["key"] == key and meta.get("source", {}).get("sha256") == digest:
                 log.info("preprocess: %s is up to date (same source and key); nothing to do", out)
-                return BuildResult(out, meta["rows"], meta["source"]["rows_read"], meta["source"]["filtered_empty"],
-                                   reused=True)
+                return BuildResult(
+                    out, meta["rows"], meta["source"]["rows_read"], meta["source"]["filtered_empty"], reused=True
+                )
         if not overwrite:
             raise ConfigError(f"out={out} already exists; pass overwrite=true to replace it, or choose another out")
 
@@ -287,34 +264,17 @@ def build_cache(source_path: str, out: str | os.PathLike, *, task_name: str, lay
         "tokenizer_source": tokenizer_source,
         "source": {"path": str(source.resolve()), "sha256": digest, "rows_read": len(rows), "filtered_empty": dropped},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Next to `out` so the final rename stays on one filesystem; mkdir (not mkdtemp) keeps the umask's permissions.
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+
+    def fill(staging: Path) -> None:
         Dataset.from_list(records).save_to_disk(str(staging / "data"))
         for item in (staging / "data").iterdir():  # the cache dir itself is the dataset dir users point at
             item.rename(staging / item.name)
         (staging / "data").rmdir()
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out, fill)  # an old cache at `out` is removed only once the new one is in place
     log.info("preprocess: %d rows (%d read, %d filtered) -> %s", len(records), len(rows), dropped, out)
     return BuildResult(out, len(records), len(rows), dropped)
-
-
-def _replace_dir(staging: Path, out: Path) -> None:
-    """Move the finished `staging` dir to `out`; an old `out` is removed only after the new one is in place."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_cache(path: str, layout: str, data, tokenizer, *, apply_max_rows: bool, task_name: str | None = None):
@@ -325,10 +285,14 @@ def load_cache(path: str, layout: str, data, tokenizer, *, apply_max_rows: bool,
     built = meta["key"]
     trainer = built.get("trainer") if task_name is None else TRAINER_OF_TASK.get(task_name)
     if trainer is None:
-        raise DataError(f"processed data was tokenized for the {built.get('trainer')} trainer; task={task_name} "
-                        "cannot train on it; use data.format=raw", path=str(path))
-    wanted = cache_key(tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout,
-                       trainer=trainer)
+        raise DataError(
+            f"processed data was tokenized for the {built.get('trainer')} trainer; task={task_name} "
+            "cannot train on it; use data.format=raw",
+            path=str(path),
+        )
+    wanted = cache_key(
+        tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout, trainer=trainer
+    )
     differences = describe_key_differences(built, wanted)
     if differences:
         raise DataError(

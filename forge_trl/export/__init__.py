@@ -24,16 +24,16 @@ EXPORT_INFO = "forge_export.json"
 def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False) -> Path:
     """Write `checkpoint` (a forge `final/` or any model forge can load) as a standard HF directory at `out`."""
     from forge_trl.config import ModelConfig
+    from forge_trl.files import write_dir_atomically
     from forge_trl.injection.base import HEAD_CAUSAL_LM
     from forge_trl.injection.full import FullConfig, FullInjection
-    from forge_trl.models.checkpoint import write_atomically
     from forge_trl.models.loading import load_injected, load_tokenizer, resolve_source
 
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"out: {out_dir} already exists and is not empty; pass overwrite=true to replace it")
     source = resolve_source(checkpoint)
-    head = (source.run_info or {}).get("head", HEAD_CAUSAL_LM)
+    head = source.run_info.head if source.run_info else HEAD_CAUSAL_LM
     injection = source.checkpoint_injection or FullInjection(FullConfig())
     tokenizer = load_tokenizer(source.tokenizer_path)
     model = load_injected(source, injection, head, ModelConfig(dtype="float32"), "fp32", tokenizer)
@@ -42,10 +42,14 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False) -> 
     def write(tmp: Path) -> None:
         method = injection.export(model, tmp)
         tokenizer.save_pretrained(tmp)
-        info = {"source": str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint,
-                "injection": injection.name, "method": method, "head": head}
+        info = {
+            "source": str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint,
+            "injection": injection.name,
+            "method": method,
+            "head": head,
+        }
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-    write_atomically(out_dir, write, overwrite=True)
+    write_dir_atomically(out_dir, write)
     log.info("exported %s (%s) to %s", checkpoint, injection.name, out_dir)
     return out_dir

@@ -4,10 +4,17 @@ Each strategy is one module in this package, registered by name with `@INJECTION
 `conf/injection/<name>.yaml`. The contract is `forge_trl.injection.base.Injection`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from forge_trl.registry import Registry
 
-INJECTIONS = Registry("injection", __name__)
+if TYPE_CHECKING:
+    from forge_trl.injection.base import Injection
+
+INJECTIONS: Registry[type[Injection]] = Registry("injection", __name__)
 
 
-def get_injection(name: str):
+def get_injection(name: str) -> type[Injection]:
     return INJECTIONS.get(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
 
@@ -29,11 +29,15 @@ SCHEDULE_KEYS = ("phases", "handoff", "aux_loss_coef")
 # Trained weights that a PEFT adapter checkpoint does not hold (the base FFN in `base_ffn` phases).
 EXTRA_TRAINABLE_FILE = "forge_trainable.safetensors"
 
+# The schema dataclass of one strategy: `self.cfg` of a `DenseLoraInjection` is a `DenseLoraConfig`.
+ConfigT = TypeVar("ConfigT", bound=InjectionConfig)
 
-class Injection(ABC):
-    """One injection strategy, configured by its schema dataclass."""
+
+class Injection(ABC, Generic[ConfigT]):
+    """One injection strategy, configured by its schema dataclass (`ConfigT`, also held in `schema`)."""
 
     name: ClassVar[str]
+    # Always `type[ConfigT]`; a ClassVar cannot name a type variable, so the checker sees the bound.
     schema: ClassVar[type[InjectionConfig]]
     # False for strategies that leave a complete HF model in `final/` (full fine-tuning).
     is_adapter: ClassVar[bool] = True
@@ -43,8 +47,8 @@ class Injection(ABC):
     # True for strategies that adapt a model's own experts and so need a native MoE model (Qwen3-MoE, Mixtral, ...).
     requires_native_moe: ClassVar[bool] = False
 
-    def __init__(self, cfg: InjectionConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ConfigT):
+        self.cfg: ConfigT = cfg
 
     @property
     def trains_base_weights(self) -> bool:
@@ -53,22 +57,25 @@ class Injection(ABC):
         return any("base_ffn" in phase.trainable for phase in self.cfg.phases)
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "Injection":
+    def from_settings(cls, settings: dict) -> "Injection[ConfigT]":
         """Rebuild from the `injection` block of a checkpoint's forge_run.json."""
         known = {f.name for f in dataclasses.fields(cls.schema)} - set(SCHEDULE_KEYS)
-        return cls(cls.schema(**{k: v for k, v in settings.items() if k in known}))
+        # `schema` is this class's ConfigT (see its declaration).
+        return cls(cast(ConfigT, cls.schema(**{k: v for k, v in settings.items() if k in known})))
 
     def settings(self) -> dict:
         """The structural settings a checkpoint records: what a later stage needs to rebuild the same model."""
         return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in SCHEDULE_KEYS}
 
-    def with_schedule_of(self, cfg: InjectionConfig) -> "Injection":
+    def with_schedule_of(self, cfg: InjectionConfig) -> "Injection[ConfigT]":
         """This structure, trained with the schedule (phases, handoff, aux-loss weight) that `cfg` asks for."""
         schedule = {k: getattr(cfg, k) for k in SCHEDULE_KEYS if hasattr(cfg, k) and hasattr(self.cfg, k)}
         return type(self)(dataclasses.replace(self.cfg, **schedule))
 
     def preflight(self, model: torch.nn.Module) -> None:
-        """Raise ConfigError when this strategy cannot apply to `model` (before any training)."""
+        """Raise ConfigError when this strategy cannot apply to `model` (before any training). An optional hook:
+        by default every model is accepted."""
+        return None
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, head: str) -> torch.nn.Module:
@@ -107,7 +114,8 @@ def restore_named_parameters(model, path: Path) -> None:
     with torch.no_grad():
         for name, value in load_file(str(path)).items():
             if name not in params or params[name].shape != value.shape:
-                raise ModelError(f"{path}: '{name}' does not fit the model; was it trained with another base model "
-                                 "or other injection settings?")
+                raise ModelError(
+                    f"{path}: '{name}' does not fit the model; was it trained with another base model "
+                    "or other injection settings?"
+                )
             params[name].copy_(value)
-

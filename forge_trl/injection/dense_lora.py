@@ -35,7 +35,7 @@ class DenseLoraConfig(LoraShapeConfig):
 
 
 @INJECTIONS.register("dense_lora")
-class DenseLoraInjection(PeftInjection):
+class DenseLoraInjection(PeftInjection[DenseLoraConfig]):
     name = "dense_lora"
     schema = DenseLoraConfig
 

@@ -21,7 +21,7 @@ class FullConfig(InjectionConfig):
 
 
 @INJECTIONS.register("full")
-class FullInjection(Injection):
+class FullInjection(Injection[FullConfig]):
     name = "full"
     schema = FullConfig
     is_adapter = False
@@ -31,7 +31,7 @@ class FullInjection(Injection):
             param.requires_grad_(True)
         return model
 
-    def parameter_groups(self, model):
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {"base": [], "score": []}
         for name, _ in model.named_parameters():
             groups["score" if name.startswith("score.") else "base"].append(name)

@@ -49,8 +49,11 @@ class MixtureLoraConfig(LoraShapeConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self.num_experts >= 2, "injection.num_experts", f"must be >= 2, got {self.num_experts}")
-        require(self.top_k is None or 1 <= self.top_k <= self.num_experts, "injection.top_k",
-                f"must be null or between 1 and num_experts={self.num_experts}, got {self.top_k}")
+        require(
+            self.top_k is None or 1 <= self.top_k <= self.num_experts,
+            "injection.top_k",
+            f"must be null or between 1 and num_experts={self.num_experts}, got {self.top_k}",
+        )
         require(self.router_init_std > 0, "injection.router_init_std", "must be positive")
         require(self.aux_loss_coef >= 0, "injection.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
         require(len(self.target_keywords) > 0, "injection.target_keywords", "must name at least one layer")
@@ -71,8 +74,15 @@ class MixtureLoraLinear(torch.nn.Module, LoraLayer):
     adapter_layer_names = ("lora_router", "lora_A", "lora_B")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "num_experts", "top_k")
 
-    def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config: MixtureLoraPeftConfig,
-                 r: int, lora_alpha: float, **kwargs):
+    def __init__(
+        self,
+        base_layer: torch.nn.Module,
+        adapter_name: str,
+        config: MixtureLoraPeftConfig,
+        r: int,
+        lora_alpha: float,
+        **kwargs,
+    ):
         torch.nn.Module.__init__(self)
         LoraLayer.__init__(self, base_layer)
         self.lora_router = torch.nn.ModuleDict()
@@ -135,7 +145,7 @@ class MixtureLoraLinear(torch.nn.Module, LoraLayer):
 
 
 @INJECTIONS.register("mixture_lora")
-class MixtureLoraInjection(PeftInjection):
+class MixtureLoraInjection(PeftInjection[MixtureLoraConfig]):
     name = "mixture_lora"
     schema = MixtureLoraConfig
     standard_peft = False

@@ -53,8 +53,11 @@ class MoeExpertLoraConfig(LoraShapeConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self.num_experts >= 2, "injection.num_experts", f"must be >= 2, got {self.num_experts}")
-        require(1 <= self.top_k <= self.num_experts, "injection.top_k",
-                f"must be between 1 and num_experts={self.num_experts}, got {self.top_k}")
+        require(
+            1 <= self.top_k <= self.num_experts,
+            "injection.top_k",
+            f"must be between 1 and num_experts={self.num_experts}, got {self.top_k}",
+        )
         require(self.router_init_std > 0, "injection.router_init_std", "must be positive")
         require(self.aux_loss_coef >= 0, "injection.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
 
@@ -80,12 +83,25 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
     """A dense gated FFN (gate_proj, up_proj, down_proj, act_fn) turned into a top-k mixture of LoRA experts."""
 
     adapter_layer_names = (
-        "lora_router", "lora_gate_A", "lora_gate_B", "lora_up_A", "lora_up_B", "lora_down_A", "lora_down_B",
+        "lora_router",
+        "lora_gate_A",
+        "lora_gate_B",
+        "lora_up_A",
+        "lora_up_B",
+        "lora_down_A",
+        "lora_down_B",
     )
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "num_experts", "top_k")
 
-    def __init__(self, base_layer: torch.nn.Module, adapter_name: str, config: MoeExpertLoraPeftConfig,
-                 r: int, lora_alpha: float, **kwargs):
+    def __init__(
+        self,
+        base_layer: torch.nn.Module,
+        adapter_name: str,
+        config: MoeExpertLoraPeftConfig,
+        r: int,
+        lora_alpha: float,
+        **kwargs,
+    ):
         torch.nn.Module.__init__(self)
         LoraLayer.__init__(self, base_layer)
         for name in self.adapter_layer_names:
@@ -170,7 +186,7 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         for e, count in enumerate(counts):
             if count == 0:
                 continue
-            tok, w = pair_token[start:start + count], pair_weight[start:start + count]
+            tok, w = pair_token[start : start + count], pair_weight[start : start + count]
             start += count
             xe = lora_in[tok]
             gate = gate_base[tok] + (scale * ((xe @ A["gate"][e].T) @ B["gate"][e].T)).to(gate_base.dtype)
@@ -216,7 +232,7 @@ def dense_ffn_class(model: torch.nn.Module) -> type:
 
 
 @INJECTIONS.register("moe_expert_lora")
-class MoeExpertLoraInjection(PeftInjection):
+class MoeExpertLoraInjection(PeftInjection[MoeExpertLoraConfig]):
     name = "moe_expert_lora"
     schema = MoeExpertLoraConfig
     standard_peft = False

@@ -47,7 +47,8 @@ def native_moe_model(peft_model, layer_cls, cfg) -> torch.nn.Module:
     config_name, model_name, experts_key = family
     moe_layers = {
         int(name.split(".layers.", 1)[1].split(".", 1)[0]): module
-        for name, module in peft_model.named_modules() if isinstance(module, layer_cls)
+        for name, module in peft_model.named_modules()
+        if isinstance(module, layer_cls)
     }
     dense_layers = sorted(set(range(dense_config.num_hidden_layers)) - set(moe_layers))
     if dense_layers and config_name == "MixtralConfig":
@@ -69,16 +70,24 @@ def native_moe_model(peft_model, layer_cls, cfg) -> torch.nn.Module:
     settings = {k: v for k, v in dense.items() if k in known and k not in ("model_type", "architectures")}
     first = next(iter(moe_layers.values()))
     experts, inter = first.num_experts["default"], first.get_base_layer().gate_proj.out_features
-    settings.update({
-        experts_key: experts,
-        "num_experts_per_tok": first.top_k["default"],
-        "intermediate_size": inter,  # Mixtral's expert width; Qwen3-MoE's width of the layers left dense
-        "router_aux_loss_coef": cfg.aux_loss_coef,
-        "output_router_logits": False,
-    })
+    settings.update(
+        {
+            experts_key: experts,
+            "num_experts_per_tok": first.top_k["default"],
+            "intermediate_size": inter,  # Mixtral's expert width; Qwen3-MoE's width of the layers left dense
+            "router_aux_loss_coef": cfg.aux_loss_coef,
+            "output_router_logits": False,
+        }
+    )
     if config_name == "Qwen3MoeConfig":
-        settings.update({"moe_intermediate_size": inter, "norm_topk_prob": True, "decoder_sparse_step": 1,
-                         "mlp_only_layers": dense_layers})
+        settings.update(
+            {
+                "moe_intermediate_size": inter,
+                "norm_topk_prob": True,
+                "decoder_sparse_step": 1,
+                "mlp_only_layers": dense_layers,
+            }
+        )
     moe_config = config_cls(**settings)
     for attribute in CARRIED_ATTRIBUTES:
         if attribute in dense and attribute not in known:

@@ -24,7 +24,7 @@ from forge_trl.config import require
 from forge_trl.errors import ConfigError
 from forge_trl.injection import INJECTIONS
 from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
-from forge_trl.injection.routing import attach_recorder
+from forge_trl.injection.routing import NativeLoss, attach_recorder
 
 
 @dataclass
@@ -49,7 +49,7 @@ class NativeMoeExpertLoraConfig(LoraShapeConfig):
         require(self.aux_loss_coef is None or self.aux_loss_coef >= 0, "injection.aux_loss_coef", "must be >= 0")
 
 
-def router_class(model: torch.nn.Module) -> type | None:
+def router_class(model: torch.nn.Module) -> type[torch.nn.Module] | None:
     """The router module class the model itself records router logits from (None for dense models)."""
     for module in model.modules():
         recorders = getattr(type(module), "_can_record_outputs", None) or {}
@@ -60,10 +60,10 @@ def router_class(model: torch.nn.Module) -> type | None:
     return None
 
 
-def native_balancing_loss(model: torch.nn.Module):
+def native_balancing_loss(model: torch.nn.Module) -> NativeLoss | None:
     """(logits tuple, attention_mask) -> the model's own Switch loss, via its modeling module."""
     text_config = model.config.get_text_config()
-    num_experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts")
+    num_experts = getattr(text_config, "num_experts", None) or text_config.num_local_experts
     top_k = text_config.num_experts_per_tok
     loss_fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
     if loss_fn is None:
@@ -92,7 +92,7 @@ def within_layer(name: str) -> str:
 
 
 @INJECTIONS.register("native_moe_expert_lora")
-class NativeMoeExpertLoraInjection(PeftInjection):
+class NativeMoeExpertLoraInjection(PeftInjection[NativeMoeExpertLoraConfig]):
     name = "native_moe_expert_lora"
     schema = NativeMoeExpertLoraConfig
     requires_native_moe = True
@@ -162,6 +162,8 @@ class NativeMoeExpertLoraInjection(PeftInjection):
         recorder = attach_recorder(model, None, coef, native_loss=native_balancing_loss(hf_model))
         top_k = text_config.num_experts_per_tok
         cls = router_class(hf_model)
+        if cls is None:  # preflight has checked that the model has routers
+            raise ConfigError(f"injection=native_moe_expert_lora: {type(hf_model).__name__} has no MoE routers")
 
         def record_router(module, _args, output):
             logits = output[0] if isinstance(output, tuple) else output

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 
@@ -51,6 +51,9 @@ class LoraShapeConfig(InjectionConfig):
         require(self.num_layers is None or self.num_layers > 0, "injection.num_layers", "must be positive or null")
 
 
+LoraConfigT = TypeVar("LoraConfigT", bound=LoraShapeConfig)
+
+
 def check_target_keywords(model: torch.nn.Module, keywords: list[str], key: str = "injection.target_keywords") -> None:
     """Every keyword must name a linear layer (or a parameter) of `model`."""
     module_names = [name for name, _ in model.named_modules()]
@@ -60,7 +63,9 @@ def check_target_keywords(model: torch.nn.Module, keywords: list[str], key: str 
             n.endswith(f".{keyword}") for n in param_names
         ):
             linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-            raise ConfigError(f"{key}: '{keyword}' matches no layer of this model; linear layers are: {', '.join(linear)}")
+            raise ConfigError(
+                f"{key}: '{keyword}' matches no layer of this model; linear layers are: {', '.join(linear)}"
+            )
 
 
 def num_decoder_layers(model: torch.nn.Module) -> int:
@@ -87,8 +92,8 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-class PeftInjection(Injection):
-    """An injection realised as one PEFT LoRA adapter named `default`."""
+class PeftInjection(Injection[LoraConfigT]):
+    """An injection realised as one PEFT LoRA adapter named `default`, configured by a LoRA-shaped schema."""
 
     # A plain PEFT LoRA: saved in PEFT's own format (adapter_config.json too) and folded by merge_and_unload.
     # The routed strategies set False: their adapters need forge's layers and cannot fold into static weights.
@@ -141,7 +146,7 @@ class PeftInjection(Injection):
             return "base_ffn"
         return None
 
-    def parameter_groups(self, model):
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
         for name, _ in model.named_parameters():
             group = self.classify(name)

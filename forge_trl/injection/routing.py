@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,9 @@ log = logging.getLogger("forge_trl")
 COLLAPSE_SHARE = 0.9
 # An expert counts as dead over a logging interval when it received less than this share of a uniform load.
 DEAD_EXPERT_SHARE = 0.01
+
+# A model's own balancing loss: (tuple of per-layer router logits, attention_mask or None) -> scalar loss.
+NativeLoss = Callable[[tuple[torch.Tensor, ...], torch.Tensor | None], torch.Tensor]
 
 
 def expert_load(probs: torch.Tensor, top_idx: torch.Tensor | None) -> torch.Tensor:
@@ -74,7 +78,7 @@ class RoutingRecorder:
     # Weight of the balancing loss in the total loss (0 disables the loss; metrics are still logged).
     coef: float = 0.0
     # Optional model-native loss: called with (tuple of per-layer router logits, attention_mask) -> Tensor.
-    native_loss: object = None
+    native_loss: NativeLoss | None = None
     collecting: bool = False
     # True while activation checkpointing recomputes a forward (see tasks/pair_split.py): the router ops run again,
     # so the recomputed graph saves what the original saved, but nothing is recorded twice.
@@ -152,7 +156,7 @@ class RoutingRecorder:
     def pop_loss(self) -> torch.Tensor | None:
         """The balancing loss of the forwards collected since `collect()` began (mean over layers)."""
         if self.native_loss is not None and self._logits:
-            loss = self._native_loss()
+            loss = self._native_loss(self.native_loss)
         elif self._losses:
             loss = torch.stack(self._losses).mean()
         else:
@@ -161,7 +165,7 @@ class RoutingRecorder:
         self._logits.clear()
         return loss
 
-    def _native_loss(self) -> torch.Tensor:
+    def _native_loss(self, native_loss: NativeLoss) -> torch.Tensor:
         """The model's own balancing loss, per forward (consecutive layers that share one attention mask), then
         averaged over the forwards weighted by their tokens."""
         groups: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []
@@ -171,9 +175,9 @@ class RoutingRecorder:
             else:
                 groups.append((mask, [logits]))
         if len(groups) == 1:
-            return self.native_loss(tuple(groups[0][1]), groups[0][0])
+            return native_loss(tuple(groups[0][1]), groups[0][0])
         weights = torch.tensor([float(layers[0].shape[0]) for _, layers in groups])
-        losses = torch.stack([self.native_loss(tuple(layers), mask) for mask, layers in groups])
+        losses = torch.stack([native_loss(tuple(layers), mask) for mask, layers in groups])
         return (losses * (weights / weights.sum()).to(losses)).sum()
 
     def pop_metrics(self) -> dict[str, float]:
@@ -197,7 +201,10 @@ class RoutingRecorder:
                 log.warning(
                     "router collapse in %s: expert %d takes %.0f%% of tokens (threshold %.0f%%); consider a larger "
                     "injection.aux_loss_coef",
-                    layer, int(share.argmax()), 100 * top, 100 * COLLAPSE_SHARE,
+                    layer,
+                    int(share.argmax()),
+                    100 * top,
+                    100 * COLLAPSE_SHARE,
                 )
         self._stats.clear()
         if not shares:
@@ -218,8 +225,12 @@ class RoutingRecorder:
         return shares
 
 
-def attach_recorder(peft_model: torch.nn.Module, layer_cls: type | None, coef: float,
-                    native_loss=None) -> RoutingRecorder:
+def attach_recorder(
+    peft_model: torch.nn.Module,
+    layer_cls: type[torch.nn.Module] | None,
+    coef: float,
+    native_loss: NativeLoss | None = None,
+) -> RoutingRecorder:
     """Give a wrapped model one recorder, shared by every routed layer of type `layer_cls` (None: the caller
     hooks the routers itself, as native_moe_expert_lora does)."""
     recorder = RoutingRecorder(coef=coef, native_loss=native_loss)

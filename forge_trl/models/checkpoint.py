@@ -1,4 +1,5 @@
-"""Forge checkpoints: `final/` = weights (safetensors) + tokenizer + resolved_config.yaml + forge_run.json.
+"""Forge checkpoints: `final/` = weights (safetensors) + tokenizer + resolved_config.yaml + forge_run.json
+(a RunInfo, written and read by models/run_info.py).
 
 `final/` is written into a temporary sibling and renamed into place, so it is either complete or absent:
 a crash or a bad input never leaves a half-written `final/`. Intermediate `checkpoint-N/` directories are staged
@@ -8,58 +9,13 @@ previous checkpoint as the newest one that `resume=true` finds.
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import shutil
-import time
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-RUN_INFO_FILE = "forge_run.json"
-RESOLVED_CONFIG_FILE = "resolved_config.yaml"
-FORMAT_VERSION = 1
-TRACKED_PACKAGES = ("forge_trl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "hydra-core")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def read_run_info(path: str | os.PathLike) -> dict | None:
-    """The checkpoint's forge_run.json, or None when `path` is not a forge checkpoint."""
-    file = Path(path) / RUN_INFO_FILE
-    if not file.is_file():
-        return None
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
-def write_atomically(target: Path, fill: Callable[[Path], None], *, overwrite: bool) -> Path:
-    """Create directory `target` by filling a temporary sibling and renaming it into place."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+from forge_trl.files import leftovers, restore_interrupted_swaps, write_dir_atomically
+from forge_trl.models.run_info import RESOLVED_CONFIG_FILE, RunInfo, write_run_info
 
 
 def write_final(
@@ -68,18 +24,16 @@ def write_final(
     save_weights: Callable[[Path], None],
     tokenizer,
     resolved_config_yaml: str,
-    run_info: dict,
+    run_info: RunInfo,
     overwrite: bool,
 ) -> Path:
     def fill(tmp: Path) -> None:
         save_weights(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RESOLVED_CONFIG_FILE).write_text(resolved_config_yaml, encoding="utf-8")
-        info = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **run_info}
-        info["versions"] = package_versions()
-        (tmp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        write_run_info(tmp, run_info)
 
-    return write_atomically(Path(output_dir) / "final", fill, overwrite=overwrite)
+    return write_dir_atomically(Path(output_dir) / "final", fill, overwrite=overwrite)
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -90,7 +44,7 @@ STAGING_SUFFIX = ".partial"
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):])
+    return int(Path(path).name[len(CHECKPOINT_PREFIX) :])
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -99,9 +53,13 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 def list_checkpoints(output_dir: Path, *, complete_only: bool = True) -> list[Path]:
     """Intermediate `checkpoint-N` directories of a run, oldest first; by default only complete ones."""
-    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()
-             and (not complete_only or is_complete_checkpoint(p))]
+    found = [
+        p
+        for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir()
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (not complete_only or is_complete_checkpoint(p))
+    ]
     return sorted(found, key=checkpoint_step)
 
 
@@ -114,12 +72,17 @@ def staging_dir(output_dir: Path) -> Path:
 
 def discard_partial_checkpoints(output_dir: Path) -> list[Path]:
     """Remove what a killed process left half-written: staged checkpoints and temporary `final/` or PPO
-    checkpoint siblings. Returns what was removed."""
+    checkpoint siblings. Returns what was removed. A `final/` or checkpoint that a process stopped in the middle
+    of swapping left only as its `.old-` sibling is put back first (complete: it was the previous version)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    leftovers = [p for p in output_dir.iterdir() if p.is_dir() and (
-        p.name.startswith(f".{CHECKPOINT_PREFIX}") or p.name.startswith((".final.tmp-", ".final.old-")))]
-    for path in leftovers:
+    for restored in restore_interrupted_swaps(output_dir):
+        logging.getLogger("forge_trl").warning(
+            "restored %s, which an interrupted replacement had moved aside", restored
+        )
+    found = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(f".{CHECKPOINT_PREFIX}")]
+    found += leftovers(output_dir, "final")
+    for path in found:
         shutil.rmtree(path, ignore_errors=True)
-    return sorted(leftovers)
+    return sorted(found)

@@ -16,7 +16,7 @@ import torch
 from forge_trl.errors import ModelError
 from forge_trl.injection import get_injection
 from forge_trl.injection.base import HEAD_SEQ_CLS, Injection
-from forge_trl.models.checkpoint import read_run_info
+from forge_trl.models.run_info import RunInfo, read_run_info
 from forge_trl.models.tiny import TINY_NAMES, ensure_tiny
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,13 @@ class ModelSource:
     base: str  # the base model weights (a directory or hub id)
     base_id: str  # how forge_run.json records the base: built-in name, hub id or absolute path
     checkpoint: Path | None = None  # a forge adapter checkpoint whose weights are restored on top of `base`
-    run_info: dict | None = None  # that checkpoint's forge_run.json
+    run_info: RunInfo | None = None  # the forge_run.json of a forge checkpoint (adapter or full)
 
     @property
     def checkpoint_injection(self) -> Injection | None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or self.run_info is None:  # a checkpoint always comes with its run info
             return None
-        settings = self.run_info["injection"]
-        return get_injection(settings["name"]).from_settings(settings)
+        return get_injection(self.run_info.injection_name).from_settings(self.run_info.injection)
 
 
 # Weight formats that torch.load unpickles. Unpickling can run code, so forge_trl reads weights only from
@@ -48,8 +47,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # torch.load(weights_only=True), whose unpickler builds only tensors and plain containers; training_args.bin
 # is never read back.
 TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")
-CONVERT_HINT = ("convert it to safetensors, e.g. AutoModelForCausalLM.from_pretrained(dir, use_safetensors=False)"
-                ".save_pretrained(dir) in a trusted environment")
+CONVERT_HINT = (
+    "convert it to safetensors, e.g. AutoModelForCausalLM.from_pretrained(dir, use_safetensors=False)"
+    ".save_pretrained(dir) in a trusted environment"
+)
 
 
 def _is_trainer_state(name: str) -> bool:
@@ -61,11 +62,14 @@ def refuse_pickle_weights(directory: str | Path, what: str) -> None:
     directory = Path(directory)
     if not directory.is_dir() or any(directory.glob("*.safetensors")):
         return
-    pickles = sorted(p for p in directory.iterdir()
-                     if p.is_file() and p.suffix in PICKLE_SUFFIXES and not _is_trainer_state(p.name))
+    pickles = sorted(
+        p for p in directory.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES and not _is_trainer_state(p.name)
+    )
     if pickles:
-        raise ModelError(f"{what} '{pickles[0]}' is a pickle weight file and forge_trl loads only safetensors "
-                         f"(unpickling can run code); {CONVERT_HINT}")
+        raise ModelError(
+            f"{what} '{pickles[0]}' is a pickle weight file and forge_trl loads only safetensors "
+            f"(unpickling can run code); {CONVERT_HINT}"
+        )
 
 
 def custom_code_error(where: str, exc: Exception) -> ModelError | None:
@@ -85,16 +89,16 @@ def _looks_like_path(name: str) -> bool:
 def resolve_source(name_or_path: str) -> ModelSource:
     """Classify `model.name_or_path` without loading any weights."""
     if name_or_path in TINY_NAMES:
-        path = str(ensure_tiny(name_or_path))
-        return ModelSource(name_or_path, path, path, name_or_path)
+        tiny = str(ensure_tiny(name_or_path))
+        return ModelSource(name_or_path, tiny, tiny, name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"model.name_or_path '{name_or_path}' is a file; expected a model directory or hub id")
         info = read_run_info(path)
         refuse_pickle_weights(path, "model.name_or_path" if info is None else "forge checkpoint")
-        if info is not None and info.get("injection", {}).get("name", "full") != "full":
-            base = resolve_source(info["base_model"])
+        if info is not None and info.injection_name != "full":
+            base = resolve_source(info.base_model)
             return ModelSource(name_or_path, str(path), base.base, base.base_id, checkpoint=path, run_info=info)
         if not (path / "config.json").is_file():
             raise ModelError(
@@ -130,7 +134,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise custom_code_error(path, exc) or ModelError(
-            f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}") from None
+            f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}"
+        ) from None
     if tokenizer.pad_token is None:
         # Batched training needs a pad token; EOS is the usual stand-in and is masked out of every loss.
         tokenizer.pad_token = tokenizer.eos_token
@@ -182,7 +187,8 @@ def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
         raise ModelError(f"cannot load model '{base}': {first}") from None
     except ValueError as exc:
         raise custom_code_error(base, exc) or ModelError(
-            f"cannot load model '{base}': {str(exc).splitlines()[0]}") from None
+            f"cannot load model '{base}': {str(exc).splitlines()[0]}"
+        ) from None
     if head == HEAD_SEQ_CLS:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -191,18 +197,18 @@ def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
 def load_injected(source: ModelSource, injection: Injection, head: str, model_cfg, precision: str, tokenizer):
     """Base model + `injection` applied; the checkpoint's weights restored when `source` is one."""
     model = load_base_model(source.base, head, model_cfg, precision, tokenizer)
-    restored = source.checkpoint_injection
-    if restored is not None and restored.name != injection.name:
+    checkpoint, restored = source.checkpoint, source.checkpoint_injection  # both set, or both None
+    if checkpoint is not None and restored is not None and restored.name != injection.name:
         # A different strategy on top of an adapter checkpoint (e.g. full fine-tuning after LoRA SFT):
         # fold the checkpoint's delta into the base weights first.
         model = restored.apply(model, head)
-        restored.load_weights(model, source.checkpoint)
+        restored.load_weights(model, checkpoint)
         model = restored.merged(model)
         restored = None
     injection.preflight(model)
     model = injection.apply(model, head)
-    if restored is not None:
-        injection.load_weights(model, source.checkpoint)
+    if checkpoint is not None and restored is not None:
+        injection.load_weights(model, checkpoint)
     return model
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 from forge_trl.data.demo_suite import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ensure_demo_suite
+from forge_trl.files import write_dir_atomically
 
 TINY_NAMES = ("forge-tiny", "forge-tiny-moe")
 BUILD_VERSION = "1"
@@ -115,6 +115,10 @@ def build_model(name: str, tokenizer, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+class _NoModelOnThisRank(Exception):
+    """save_pretrained wrote no model files in this process (a rank other than 0 of a process group)."""
+
+
 def _wait_for_build(target: Path, timeout_s: float = 600.0) -> Path:
     deadline = time.monotonic() + timeout_s
     while not (target / "config.json").is_file():
@@ -138,26 +142,27 @@ def ensure_tiny(name: str = "forge-tiny") -> Path:
     target = cache_root() / f"{name}-{_build_key(name, corpus)}"
     if (target / "config.json").is_file():
         return target
-    # Every rank of a multi-process launch may get here at once: each builds into its own directory and the first
-    # rename wins. The random part keeps two hosts sharing a cache (same pid by chance) apart.
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Every rank of a multi-process launch may get here at once: each builds into its own temporary directory (pid
+    # and random part: two hosts sharing a cache stay apart) and the first to publish it wins.
     tokenizer = build_tokenizer(corpus.decode("utf-8").splitlines())
     model = build_model(name, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if not (tmp / "config.json").is_file():
-        # Inside an initialised torch.distributed group, save_pretrained writes model files on rank 0 only, so this
-        # rank holds a tokenizer without a model. Renaming that into place would poison the cache; rank 0 is
-        # building the same directory, so wait for its build instead.
-        shutil.rmtree(tmp, ignore_errors=True)
-        return _wait_for_build(target)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not (tmp / "config.json").is_file():
+            # Inside an initialised torch.distributed group, save_pretrained writes model files on rank 0 only, so
+            # this rank holds a tokenizer without a model. Publishing that would poison the cache; rank 0 is
+            # building the same directory, so wait for its build instead.
+            raise _NoModelOnThisRank
+
     try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished the same build first
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_dir_atomically(target, save, overwrite=False)
+    except _NoModelOnThisRank:
+        return _wait_for_build(target)
+    except FileExistsError:  # another process finished the same build first
         if not (target / "config.json").is_file():
-            raise  # not that: a real failure to move the build into place
+            raise  # not that: a directory without a model is in the way
     return target

@@ -93,15 +93,18 @@ class PPOModels:
 
     def hidden_states(self, adapter: str, input_ids, attention_mask, position_ids) -> torch.Tensor:
         with self.adapter(self.critic, adapter):
-            out = backbone_of(self.critic)(input_ids=input_ids, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False)
+            out = backbone_of(self.critic)(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
         return out.last_hidden_state
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({n: p.detach().contiguous().cpu() for n, p in self.trainable_parameters()},
-                  str(Path(directory) / "ppo_trainable.safetensors"))
+        save_file(
+            {n: p.detach().contiguous().cpu() for n, p in self.trainable_parameters()},
+            str(Path(directory) / "ppo_trainable.safetensors"),
+        )
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
@@ -125,7 +128,9 @@ def copy_adapter(model, source: str, target: str) -> None:
                 model.get_parameter(name.replace(f".{source}.", f".{target}.")).copy_(param)
 
 
-def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, model_cfg, precision, tokenizer) -> PPOModels:
+def build_ppo_models(
+    policy, policy_source, policy_injection, rm_path: str, model_cfg, precision, tokenizer
+) -> PPOModels:
     """Attach reference, reward and value to the policy model, on one base model when the RM allows it."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -138,8 +143,10 @@ def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, mode
         raise ConfigError("task=ppo trains an adapter policy; injection=full (task.full_parameter) is not supported")
     rm_source = reward_source(rm_path)
     if rm_source.checkpoint is None:
-        raise ConfigError(f"task.reward_model.checkpoint_path: '{rm_path}' is a full-parameter reward model; PPO "
-                          "builds its reward and value from an adapter RM (train it with an adapter injection)")
+        raise ConfigError(
+            f"task.reward_model.checkpoint_path: '{rm_path}' is a full-parameter reward model; PPO "
+            "builds its reward and value from an adapter RM (train it with an adapter injection)"
+        )
     rm_injection = rm_source.checkpoint_injection
     has_reference = policy_source.checkpoint is not None
     if has_reference:
@@ -169,7 +176,11 @@ def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, mode
         log.warning(
             "PPO: the reward model (base %s, injection %s) does not share the policy's base and injection "
             "(base %s, injection %s); reward and value run on a second copy of a base model, which costs its "
-            "memory again", rm_source.base_id, rm_injection.name, policy_source.base_id, policy_injection.name,
+            "memory again",
+            rm_source.base_id,
+            rm_injection.name,
+            policy_source.base_id,
+            policy_injection.name,
         )
     copy_adapter(critic, reward_adapter, VALUE)
 
@@ -181,9 +192,14 @@ def build_ppo_models(policy, policy_source, policy_injection, rm_path: str, mode
         reward_head.weight.copy_(score)
         value_head.weight.copy_(score)
     models = PPOModels(
-        policy=policy, critic=critic, reward_adapter=reward_adapter, value_adapter=VALUE,
-        reward_head=reward_head.to(device, torch.float32), value_head=value_head.to(device, torch.float32),
-        has_reference_adapter=has_reference, shared_base=shared,
+        policy=policy,
+        critic=critic,
+        reward_adapter=reward_adapter,
+        value_adapter=VALUE,
+        reward_head=reward_head.to(device, torch.float32),
+        value_head=value_head.to(device, torch.float32),
+        has_reference_adapter=has_reference,
+        shared_base=shared,
     )
     policy.set_adapter(POLICY)
     models.fix_trainable_flags()

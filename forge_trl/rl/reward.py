@@ -23,8 +23,11 @@ class RewardModelConfig:
     checkpoint_path: Optional[str] = None
 
     def check(self) -> None:
-        require(self.checkpoint_path is not None, "task.reward_model.checkpoint_path",
-                "required: a reward model checkpoint trained with task=rm, e.g. outputs/rm/final")
+        require(
+            self.checkpoint_path is not None,
+            "task.reward_model.checkpoint_path",
+            "required: a reward model checkpoint trained with task=rm, e.g. outputs/rm/final",
+        )
 
 
 def reward_source(checkpoint_path: str):
@@ -33,7 +36,7 @@ def reward_source(checkpoint_path: str):
     from forge_trl.models.loading import resolve_source
 
     source = resolve_source(checkpoint_path)
-    head = (source.run_info or {}).get("head")
+    head = source.run_info.head if source.run_info else None
     if head != HEAD_SEQ_CLS:
         raise ConfigError(
             f"task.reward_model.checkpoint_path: '{checkpoint_path}' is not a reward model (its head is "

@@ -34,8 +34,10 @@ def lora_layers(model: torch.nn.Module, group: str) -> list[torch.nn.Module]:
     from peft.tuners.lora import LoraLayer
 
     return [
-        module for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.scaling
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+        and ADAPTER_NAME in module.scaling
         and is_attention_param(name) == (group == "attn_lora")
     ]
 

@@ -48,16 +48,15 @@ def warn_router_only_phases(phases: list[PhaseConfig], model: torch.nn.Module, g
     no gradient (and DPO's implicit reward is exactly 0) until some phase trains the experts."""
     params = dict(model.named_parameters())
     lora_names = groups.get("lora", []) + groups.get("attn_lora", [])
-    experts_identical = all(
-        not params[name].any() for name in lora_names if name.rsplit(".", 3)[-3].endswith("B")
-    )
+    experts_identical = all(not params[name].any() for name in lora_names if name.rsplit(".", 3)[-3].endswith("B"))
     if not experts_identical:
         return
     for i, phase in enumerate(phases):
         if "router" in phase.trainable and not {"lora", "attn_lora"} & set(phase.trainable):
             log.warning(
                 "injection.phases[%d] trains only the router while every expert is still identical (LoRA B = 0): "
-                "the task loss gives the router no gradient until a phase trains lora", i,
+                "the task loss gives the router no gradient until a phase trains lora",
+                i,
             )
             return
         if {"lora", "attn_lora"} & set(phase.trainable):
@@ -70,9 +69,7 @@ class PhaseSchedule:
     def __init__(self, phases: list[PhaseConfig], groups: dict[str, list[str]], model: torch.nn.Module):
         self.phases = phases
         params = dict(model.named_parameters())
-        self.members = [
-            {name: params[name] for group in phase.trainable for name in groups[group]} for phase in phases
-        ]
+        self.members = [{name: params[name] for group in phase.trainable for name in groups[group]} for phase in phases]
         self.union = {name: p for members in self.members for name, p in members.items()}
         self.model = model
         self.current: int | None = None
@@ -94,7 +91,11 @@ class PhaseSchedule:
         count = sum(p.numel() for p in active.values())
         log.info(
             "phase %d/%d from step %d: training %s (%s parameters)",
-            index + 1, len(self.phases), step, ", ".join(self.phases[index].trainable), f"{count:,}",
+            index + 1,
+            len(self.phases),
+            step,
+            ", ".join(self.phases[index].trainable),
+            f"{count:,}",
         )
         return True
 
@@ -111,7 +112,7 @@ class PhaseCallback(TrainerCallback):
         self.history: list[tuple[int, int]] = []  # (step, phase index) at each switch
 
     def _enter(self, step: int) -> None:
-        if self.schedule.enter(step):
+        if self.schedule.enter(step) and self.schedule.current is not None:  # enter() has just set `current`
             self.history.append((step, self.schedule.current))
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -67,8 +67,10 @@ class Task(ABC):
     def preflight(self, injection: Injection) -> None:
         """Raise ConfigError, before any weights load, when this task cannot train with `injection`."""
         if self.requires_adapter and not injection.is_adapter:
-            raise ConfigError(f"task={self.name} trains an adapter policy; injection={injection.name} "
-                              "(task.full_parameter) is not supported: pick an adapter injection such as dense_lora")
+            raise ConfigError(
+                f"task={self.name} trains an adapter policy; injection={injection.name} "
+                "(task.full_parameter) is not supported: pick an adapter injection such as dense_lora"
+            )
 
     @abstractmethod
     def trl_classes(self) -> tuple[type, type]:
@@ -154,4 +156,6 @@ class Task(ABC):
         try:
             return config_cls(**args)
         except ValueError as exc:
-            raise ConfigError(f"task: {config_cls.__name__} rejected the settings: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"task: {config_cls.__name__} rejected the settings: {str(exc).splitlines()[0]}"
+            ) from None

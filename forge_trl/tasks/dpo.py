@@ -41,8 +41,9 @@ class DPOTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        return dict(beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing,
-                    max_length=ctx.cfg.data.max_length)
+        return dict(
+            beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing, max_length=ctx.cfg.data.max_length
+        )
 
     def trainer_kwargs(self, ctx: TaskContext) -> dict:
         return {**super().trainer_kwargs(ctx), "split_pairs": ctx.cfg.task.split_pairs}

@@ -33,8 +33,11 @@ class KTOTaskConfig(ReferenceTaskConfig):
         require(self.desirable_weight > 0, "task.desirable_weight", "must be positive")
         require(self.undesirable_weight > 0, "task.undesirable_weight", "must be positive")
         # KTO's reference-point KL is estimated from mismatched pairs inside a batch.
-        require(self.per_device_train_batch_size > 1, "task.per_device_train_batch_size",
-                "KTO needs at least 2 examples per batch to estimate its KL term")
+        require(
+            self.per_device_train_batch_size > 1,
+            "task.per_device_train_batch_size",
+            "KTO needs at least 2 examples per batch to estimate its KL term",
+        )
 
 
 @TASKS.register("kto")
@@ -45,8 +48,12 @@ class KTOTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        return dict(beta=t.beta, desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight,
-                    max_length=ctx.cfg.data.max_length)
+        return dict(
+            beta=t.beta,
+            desirable_weight=t.desirable_weight,
+            undesirable_weight=t.undesirable_weight,
+            max_length=ctx.cfg.data.max_length,
+        )
 
     def trl_classes(self):
         from forge_trl.trainers.kto import ForgeKTOTrainer, KTOConfig

@@ -32,9 +32,12 @@ class OnlineRLTaskConfig(TaskConfig):
         require(self.beta >= 0, "task.beta", f"must be >= 0, got {self.beta}")
         require(self.epsilon > 0, "task.epsilon", f"must be positive, got {self.epsilon}")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        require(batch % self.num_generations == 0, "task.num_generations",
-                f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple of it "
-                f"({self.num_generations})")
+        require(
+            batch % self.num_generations == 0,
+            "task.num_generations",
+            f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple of it "
+            f"({self.num_generations})",
+        )
 
 
 class OnlineRLTask(Task):
@@ -55,5 +58,8 @@ class OnlineRLTask(Task):
 
     def trainer_kwargs(self, ctx: TaskContext) -> dict:
         reward_model, reward_tokenizer = load_reward_model(ctx.cfg.task.reward_model.checkpoint_path)
-        return {**super().trainer_kwargs(ctx), "reward_funcs": reward_model,
-                "reward_processing_classes": reward_tokenizer}
+        return {
+            **super().trainer_kwargs(ctx),
+            "reward_funcs": reward_model,
+            "reward_processing_classes": reward_tokenizer,
+        }

@@ -17,6 +17,7 @@ from forge_trl.rl.reward import RewardModelConfig
 from forge_trl.tasks import TASKS
 from forge_trl.tasks.base import Task, TaskContext
 
+
 @dataclass
 class PPOTaskConfig(PPOSettings, TaskConfig):
     """TaskConfig plus PPO's own fields (forge_trl/rl/ppo_settings.py, documented there)."""
@@ -37,8 +38,11 @@ class PPOTaskConfig(PPOSettings, TaskConfig):
         require(0 <= self.lam <= 1, "task.lam", f"must be in [0, 1], got {self.lam}")
         require(self.num_ppo_epochs > 0, "task.num_ppo_epochs", "must be positive")
         require(self.num_mini_batches > 0, "task.num_mini_batches", "must be positive")
-        require(self.per_device_train_batch_size % self.num_mini_batches == 0, "task.num_mini_batches",
-                f"must divide per_device_train_batch_size ({self.per_device_train_batch_size})")
+        require(
+            self.per_device_train_batch_size % self.num_mini_batches == 0,
+            "task.num_mini_batches",
+            f"must divide per_device_train_batch_size ({self.per_device_train_batch_size})",
+        )
         require(self.cliprange > 0 and self.cliprange_value > 0, "task.cliprange", "clip ranges must be positive")
 
 
@@ -68,8 +72,13 @@ class PPOTask(Task):
         from forge_trl.rl.ppo_models import build_ppo_models
 
         models = build_ppo_models(
-            ctx.model, ctx.source, ctx.injection, ctx.cfg.task.reward_model.checkpoint_path, ctx.cfg.model,
-            ctx.precision, ctx.tokenizer,
+            ctx.model,
+            ctx.source,
+            ctx.injection,
+            ctx.cfg.task.reward_model.checkpoint_path,
+            ctx.cfg.model,
+            ctx.precision,
+            ctx.tokenizer,
         )
         return dict(models=models, train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer))
 

@@ -29,5 +29,9 @@ class PretrainTask(SFTTask):
     data_layouts = ("text",)
 
     def task_args(self, ctx: TaskContext) -> dict:
-        return dict(max_length=ctx.cfg.data.max_length, packing=ctx.cfg.task.packing, dataset_text_field="text",
-                    completion_only_loss=False)
+        return dict(
+            max_length=ctx.cfg.data.max_length,
+            packing=ctx.cfg.task.packing,
+            dataset_text_field="text",
+            completion_only_loss=False,
+        )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forge_trl.tasks.online import OnlineRLTask, OnlineRLTaskConfig
 from forge_trl.tasks import TASKS
+from forge_trl.tasks.online import OnlineRLTask, OnlineRLTaskConfig
 
 
 @dataclass

@@ -30,8 +30,9 @@ class RMTask(Task):
     data_layouts = ("prompted_preference", "preference")
 
     def task_args(self, ctx: TaskContext) -> dict:
-        return dict(max_length=ctx.cfg.data.max_length,
-                    center_rewards_coefficient=ctx.cfg.task.center_rewards_coefficient)
+        return dict(
+            max_length=ctx.cfg.data.max_length, center_rewards_coefficient=ctx.cfg.task.center_rewards_coefficient
+        )
 
     def trl_classes(self):
         from forge_trl.trainers.reward import ForgeRewardTrainer, RewardConfig

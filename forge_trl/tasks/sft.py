@@ -6,6 +6,7 @@ Prompt/response rows arrive as TRL prompt-completion columns, so `completion_onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from forge_trl.config import TaskConfig
 from forge_trl.tasks import TASKS
@@ -30,8 +31,9 @@ class SFTTaskConfig(TaskConfig):
 @TASKS.register("sft")
 class SFTTask(Task):
     name = "sft"
-    schema = SFTTaskConfig
-    data_layouts = ("sft", "text")
+    # Declared with the base types: PretrainTask reuses this task with its own schema and layouts.
+    schema: ClassVar[type[TaskConfig]] = SFTTaskConfig
+    data_layouts: ClassVar[tuple[str, ...]] = ("sft", "text")
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task

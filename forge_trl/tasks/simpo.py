@@ -44,8 +44,13 @@ class SimPOTask(Task):
 
     def task_args(self, ctx: TaskContext) -> dict:
         t = ctx.cfg.task
-        return dict(loss_type="simpo", beta=t.beta, simpo_gamma=t.simpo_gamma, cpo_alpha=t.cpo_alpha,
-                    max_length=ctx.cfg.data.max_length)
+        return dict(
+            loss_type="simpo",
+            beta=t.beta,
+            simpo_gamma=t.simpo_gamma,
+            cpo_alpha=t.cpo_alpha,
+            max_length=ctx.cfg.data.max_length,
+        )
 
     def trl_classes(self):
         from forge_trl.trainers.cpo import CPOConfig, ForgeCPOTrainer

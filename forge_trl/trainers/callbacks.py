@@ -77,8 +77,12 @@ class NonFiniteGuard(TrainerCallback):
             param.grad = None
         self.skipped += 1
         self.in_a_row += 1
-        log.warning("non-finite loss or gradient at step %d: optimizer step skipped (%d in a row, %d in total)",
-                    state.global_step + 1, self.in_a_row, self.skipped)
+        log.warning(
+            "non-finite loss or gradient at step %d: optimizer step skipped (%d in a row, %d in total)",
+            state.global_step + 1,
+            self.in_a_row,
+            self.skipped,
+        )
         if self.in_a_row >= self.max_in_a_row:
             self.stopped_at = state.global_step + 1
             control.should_training_stop = True

@@ -19,21 +19,22 @@ the next class's `__init__`), never as a flag set afterwards:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from forge_trl.files import is_storage_failure, publish, storage_error
 from forge_trl.injection.base import EXTRA_TRAINABLE_FILE, restore_named_parameters
 from forge_trl.injection.routing import RoutingRecorder
-from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, staging_dir
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, staging_dir
 from forge_trl.trainers.callbacks import NonFiniteGuard
+from forge_trl.trainers.trainer_base import TrainerBase
 
 ROUTING_FILE = "routing.jsonl"
 
 
-class RoutingMixin:
+class RoutingMixin(TrainerBase):
     """Adds a routed injection's balancing loss to the task loss and its routing metrics to the training logs,
     whatever the TRL trainer's own MoE support. `routing=None` (no routed injection) leaves the trainer as it is."""
 
@@ -87,7 +88,7 @@ class RoutingMixin:
         return super().log(logs, *args, **kwargs)
 
 
-class NonFiniteGuardMixin:
+class NonFiniteGuardMixin(TrainerBase):
     """Skips optimizer steps whose gradients are not finite (see `NonFiniteGuard`) and counts them in the logs
     as `nonfinite_skipped`. `self.nonfinite_guard.stopped_at` tells the run whether training stopped for it."""
 
@@ -103,7 +104,7 @@ class NonFiniteGuardMixin:
         return super().log(logs, *args, **kwargs)
 
 
-class AtomicCheckpointMixin:
+class AtomicCheckpointMixin(TrainerBase):
     """Makes intermediate checkpoints atomic and complete (see `_save_checkpoint`), including the base weights
     that `base_ffn` phases train and a PEFT adapter checkpoint leaves out."""
 
@@ -122,37 +123,46 @@ class AtomicCheckpointMixin:
         so a process killed mid-save leaves a directory that looks like the newest checkpoint but lacks some of
         its state. Staged, a killed save leaves only the staging directory, which `resume=true` never considers
         and the next run discards. Rotation runs after the rename, so the previous checkpoint is deleted only
-        once its successor is complete."""
+        once its successor is complete.
+
+        The staged checkpoint is fsynced before its rename (see forge_trl.files), so it also survives a power cut.
+        When the disk refuses a write (full, quota, I/O error), the staging directory is removed and the save
+        fails with a one-line StorageError; the previous checkpoint stays the newest."""
         from transformers.trainer_utils import rotate_checkpoints
 
         run_dir = Path(super()._get_output_dir(trial))
         staging = staging_dir(run_dir)
         name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        staged, target = staging / name, run_dir / name
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
+            self._staging = None
+            if self.args.should_save:
+                self._save_extra_trainable(staged)
+                self._point_best_checkpoint_at(run_dir, staged)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                publish(staged, target)  # a checkpoint-N saved again at the same step is swapped, never absent
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            newest = next(iter(list_checkpoints(run_dir)[-1:]), None)
+            raise storage_error(exc, target, newest) from exc
         finally:
             self._staging = None
-        staged, target = staging / name, run_dir / name
         if self.args.should_save:
-            self._save_extra_trainable(staged)
-            self._point_best_checkpoint_at(run_dir, staged)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if target.exists():  # the same step saved again: swap, so a checkpoint-N exists at every moment
-                old = run_dir / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(staged, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staged, target)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
@@ -191,7 +201,7 @@ class AtomicCheckpointMixin:
             restore_named_parameters(model if model is not None else self.model, path)
 
 
-class PretokenizedPreferenceMixin:
+class PretokenizedPreferenceMixin(TrainerBase):
     """A `forge-trl preprocess` preference cache is already tokenized exactly as DPOTrainer would do it; TRL 1.16
     has no switch to skip its own tokenization, which would look for text columns."""
 

@@ -15,6 +15,12 @@ positions start at 0 for each sequence, and the attention work is that of B rows
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+from forge_trl.trainers.trainer_base import TrainerBase
+
+if TYPE_CHECKING:
+    from transformers.data.data_collator import DataCollator
 
 log = logging.getLogger("forge_trl")
 
@@ -40,16 +46,19 @@ def packed_rows_collator(pad_token_id: int, pad_to_multiple_of: int | None = Non
             batch["labels"][batch["position_ids"] == 0] = -100
             return batch
 
-    return PackedRowsCollator(pad_token_id=pad_token_id, padding_free=False, return_position_ids=True,
-                              pad_to_multiple_of=pad_to_multiple_of)
+    return PackedRowsCollator(
+        pad_token_id=pad_token_id, padding_free=False, return_position_ids=True, pad_to_multiple_of=pad_to_multiple_of
+    )
 
 
-class PackedRowsMixin:
+class PackedRowsMixin(TrainerBase):
     """Put before SFTTrainer in the MRO. With `packed_rows=True` and a packing config, a model whose attention has
     no variable-length kernel trains on packed rows: the collator keeps B rows with per-sequence position_ids, the
     attention mask of a packed batch is dropped right before the forward (so transformers takes the sequence
     boundaries from position_ids), and TRL's token count, which falls back to one row's length without a mask, is
     corrected to the real tokens."""
+
+    data_collator: DataCollator  # Trainer's, replaced here (declared because this class assigns it)
 
     def __init__(self, *args, packed_rows: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,13 +67,20 @@ class PackedRowsMixin:
     def _wants_packed_rows(self) -> bool:
         model = self.accelerator.unwrap_model(self.model)
         if not wants_packed_rows(model):
-            log.info("packing: %s attention reads sequence boundaries itself; keeping TRL's flattened batches",
-                     model.config._attn_implementation)
+            log.info(
+                "packing: %s attention reads sequence boundaries itself; keeping TRL's flattened batches",
+                model.config._attn_implementation,
+            )
             return False
-        self.data_collator = packed_rows_collator(self.processing_class.pad_token_id,
-                                                  getattr(self.data_collator, "pad_to_multiple_of", None))
-        log.info("packing: rows of up to %s tokens, sequence boundaries from position_ids (%s attention has no "
-                 "variable-length kernel)", self.args.max_length, model.config._attn_implementation)
+        self.data_collator = packed_rows_collator(
+            self.processing_class.pad_token_id, getattr(self.data_collator, "pad_to_multiple_of", None)
+        )
+        log.info(
+            "packing: rows of up to %s tokens, sequence boundaries from position_ids (%s attention has no "
+            "variable-length kernel)",
+            self.args.max_length,
+            model.config._attn_implementation,
+        )
         return True
 
     def compute_loss(self, model, inputs, *args, **kwargs):

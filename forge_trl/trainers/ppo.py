@@ -23,14 +23,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerState
+from transformers import Trainer, TrainerControl, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from forge_trl.errors import ConfigError, ModelError
+from forge_trl.files import write_dir_atomically
 from forge_trl.injection.routing import RoutingRecorder
-from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, write_atomically
-from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin
-from forge_trl.trainers.ppo_config import PPOConfig
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints
 from forge_trl.rl.ppo_math import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -41,6 +40,8 @@ from forge_trl.rl.ppo_math import (
     per_token_rewards,
 )
 from forge_trl.rl.ppo_models import POLICY, PPOModels
+from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin
+from forge_trl.trainers.ppo_config import PPOConfig
 
 __all__ = ["PPOConfig", "PPOTrainer"]
 
@@ -61,8 +62,8 @@ class LeftPadCollator:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            ids[i, width - n:] = torch.tensor(row["input_ids"])
-            mask[i, width - n:] = 1
+            ids[i, width - n :] = torch.tensor(row["input_ids"])
+            mask[i, width - n :] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -81,8 +82,18 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
     Checkpoints are its own (`ppo_state.json` beside the adapters), written atomically; routing metrics and the
     non-finite guard come from the same mixins as every other forge trainer."""
 
-    def __init__(self, models: PPOModels, args: PPOConfig, train_dataset, processing_class, callbacks=None,
-                 routing: RoutingRecorder | None = None, max_nonfinite_steps: int | None = None):
+    control: TrainerControl  # Trainer's; declared because this loop assigns it
+
+    def __init__(
+        self,
+        models: PPOModels,
+        args: PPOConfig,
+        train_dataset,
+        processing_class,
+        callbacks=None,
+        routing: RoutingRecorder | None = None,
+        max_nonfinite_steps: int | None = None,
+    ):
         if args.world_size > 1:
             # This loop never wraps the models for data parallelism: every process would sample the same prompts,
             # step on its own gradients and write the same checkpoints, so N processes would be N racing copies.
@@ -95,8 +106,13 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         self.tokenizer = processing_class
         self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else processing_class.eos_token_id
         super().__init__(
-            model=models.policy, args=args, train_dataset=train_dataset, processing_class=processing_class,
-            data_collator=LeftPadCollator(processing_class.pad_token_id), callbacks=callbacks, routing=routing,
+            model=models.policy,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=LeftPadCollator(processing_class.pad_token_id),
+            callbacks=callbacks,
+            routing=routing,
             max_nonfinite_steps=max_nonfinite_steps,
         )
         self.kl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
@@ -120,7 +136,7 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
         size = self.args.per_device_train_batch_size
         for start in range(0, len(order) - size + 1, size):
-            yield self.data_collator([self.train_dataset[i] for i in order[start:start + size]])
+            yield self.data_collator([self.train_dataset[i] for i in order[start : start + size]])
 
     def _steps_per_epoch(self) -> int:
         return max(len(self.train_dataset) // self.args.per_device_train_batch_size, 1)
@@ -128,19 +144,20 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
     # --------------------------------------------------------------------------------------------- rollout
     def _forward_chunks(self, fn, *tensors):
         size = self.args.rollout_batch_size or tensors[0].shape[0]
-        return torch.cat([fn(*(t[i:i + size] for t in tensors)) for i in range(0, tensors[0].shape[0], size)])
+        return torch.cat([fn(*(t[i : i + size] for t in tensors)) for i in range(0, tensors[0].shape[0], size)])
 
     def _policy_logprobs(self, sequences, attention, positions, context: int):
         # Logits of the response positions only (context - 1 .. T - 2): the LM head and the (B, T, V) log-softmax
         # then cost response_length, not the whole sequence, per row.
         keep = sequences.shape[1] - context + 1
-        logits = self.models.policy(input_ids=sequences, attention_mask=attention, position_ids=positions,
-                                    use_cache=False, logits_to_keep=keep).logits[:, :-1]
+        logits = self.models.policy(
+            input_ids=sequences, attention_mask=attention, position_ids=positions, use_cache=False, logits_to_keep=keep
+        ).logits[:, :-1]
         return token_logprobs(logits, sequences[:, context:], self.args.temperature)
 
     def _values(self, sequences, attention, positions, context: int):
         hidden = self.models.hidden_states(self.models.value_adapter, sequences, attention, positions)
-        return self.models.value_head(hidden[:, context - 1:-1].float()).squeeze(-1)
+        return self.models.value_head(hidden[:, context - 1 : -1].float()).squeeze(-1)
 
     def _scores(self, sequences, attention, positions, last_index):
         hidden = self.models.hidden_states(self.models.reward_adapter, sequences, attention, positions)
@@ -155,18 +172,26 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         policy = self.models.policy
         policy.eval()
         generated = policy.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=args.response_length, do_sample=True,
-            temperature=args.temperature, top_k=0, top_p=1.0, eos_token_id=self.stop_token_id,
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=args.response_length,
+            do_sample=True,
+            temperature=args.temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=self.stop_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         responses = generated[:, context:]
         if responses.shape[1] < args.response_length:  # every sequence stopped early
-            pad = responses.new_full((responses.shape[0], args.response_length - responses.shape[1]),
-                                     self.tokenizer.pad_token_id)
+            pad = responses.new_full(
+                (responses.shape[0], args.response_length - responses.shape[1]), self.tokenizer.pad_token_id
+            )
             responses = torch.cat([responses, pad], dim=1)
         is_stop = responses == self.stop_token_id
         has_stop = is_stop.any(dim=1)
-        first_stop = torch.where(has_stop, is_stop.float().argmax(dim=1), torch.full_like(has_stop, 10**9, dtype=torch.long))
+        no_stop = torch.full_like(has_stop, 10**9, dtype=torch.long)
+        first_stop = torch.where(has_stop, is_stop.float().argmax(dim=1), no_stop)
         positions_r = torch.arange(args.response_length, device=device).unsqueeze(0)
         response_mask = (positions_r <= first_stop.unsqueeze(1)).long()
         responses = torch.where(response_mask.bool(), responses, self.tokenizer.pad_token_id)
@@ -175,11 +200,13 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         positions = (attention.cumsum(1) - 1).clamp_min(0)
         last_index = context + response_mask.sum(1) - 1
 
-        logprobs = self._forward_chunks(lambda s, a, p: self._policy_logprobs(s, a, p, context)[0],
-                                        sequences, attention, positions)
+        logprobs = self._forward_chunks(
+            lambda s, a, p: self._policy_logprobs(s, a, p, context)[0], sequences, attention, positions
+        )
         with self.models.reference():
-            ref_logprobs = self._forward_chunks(lambda s, a, p: self._policy_logprobs(s, a, p, context)[0],
-                                                sequences, attention, positions)
+            ref_logprobs = self._forward_chunks(
+                lambda s, a, p: self._policy_logprobs(s, a, p, context)[0], sequences, attention, positions
+            )
         values = self._forward_chunks(lambda s, a, p: self._values(s, a, p, context), sequences, attention, positions)
         scores = self._forward_chunks(self._scores, sequences, attention, positions, last_index)
         raw_scores = scores.clone()
@@ -192,9 +219,18 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         return dict(
-            sequences=sequences, attention=attention, positions=positions, context=context, mask=mask,
-            logprobs=logprobs * mask, values=values * mask, advantages=advantages, returns=returns,
-            scores=raw_scores, kl=kl, has_stop=has_stop,
+            sequences=sequences,
+            attention=attention,
+            positions=positions,
+            context=context,
+            mask=mask,
+            logprobs=logprobs * mask,
+            values=values * mask,
+            advantages=advantages,
+            returns=returns,
+            scores=raw_scores,
+            kl=kl,
+            has_stop=has_stop,
         )
 
     # --------------------------------------------------------------------------------------------- update
@@ -205,26 +241,27 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         batch_size = roll["sequences"].shape[0]
         mini = max(batch_size // args.num_mini_batches, 1)
         params = [p for _, p in self.models.trainable_parameters()]
-        stats = {k: [] for k in ("pg", "vf", "clip", "vclip", "approx_kl", "entropy", "aux")}
+        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "clip", "vclip", "approx_kl", "entropy", "aux")}
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(batch_size, device=roll["sequences"].device)
             for start in range(0, batch_size - mini + 1, mini):
-                idx = order[start:start + mini]
+                idx = order[start : start + mini]
                 seq, att, pos, mask = (roll[k][idx] for k in ("sequences", "attention", "positions", "mask"))
-                collect = self.routing.collect() if self.routing is not None else contextlib.nullcontext()
+                recorder = self.routing
+                collect = recorder.collect() if recorder is not None else contextlib.nullcontext()
                 with collect:
                     logprobs, entropy = self._policy_logprobs(seq, att, pos, roll["context"])
-                aux = self.routing.pop_loss() if self.routing is not None else None
+                aux = recorder.pop_loss() if recorder is not None else None
                 values = self._values(seq, att, pos, roll["context"])
-                pg = clipped_policy_loss(logprobs, roll["logprobs"][idx], roll["advantages"][idx], mask,
-                                         args.cliprange)
-                vf_loss, vf_clip = clipped_value_loss(values, roll["values"][idx], roll["returns"][idx], mask,
-                                                      args.cliprange_value)
+                pg = clipped_policy_loss(logprobs, roll["logprobs"][idx], roll["advantages"][idx], mask, args.cliprange)
+                vf_loss, vf_clip = clipped_value_loss(
+                    values, roll["values"][idx], roll["returns"][idx], mask, args.cliprange_value
+                )
                 loss = pg.loss + args.vf_coef * vf_loss
-                if aux is not None:
+                if recorder is not None and aux is not None:
                     stats["aux"].append(float(aux.detach()))
-                    if self.routing.coef > 0:
-                        loss = loss + self.routing.coef * aux
+                    if recorder.coef > 0:
+                        loss = loss + recorder.coef * aux
                 loss.backward()
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -251,9 +288,13 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         updates_per_step = args.num_ppo_epochs * args.num_mini_batches
         self.create_optimizer_and_scheduler(num_training_steps=total_steps * updates_per_step)
         self.state = TrainerState(
-            max_steps=total_steps, logging_steps=args.logging_steps, save_steps=args.save_steps,
-            num_train_epochs=math.ceil(total_steps / steps_per_epoch), train_batch_size=args.per_device_train_batch_size,
-            log_history=[], stateful_callbacks=[],
+            max_steps=total_steps,
+            logging_steps=args.logging_steps,
+            save_steps=args.save_steps,
+            num_train_epochs=math.ceil(total_steps / steps_per_epoch),
+            train_batch_size=args.per_device_train_batch_size,
+            log_history=[],
+            stateful_callbacks=[],
         )
         episode = 0
         if resume_from_checkpoint is not None:
@@ -322,14 +363,24 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             self.models.save(tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       tmp / "rng_state.pt")
-            state = {"global_step": step, "episode": episode, "kl_coef": self.kl.value,
-                     "log_history": self.state.log_history}
+            torch.save(
+                {
+                    "cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                tmp / "rng_state.pt",
+            )
+            state = {
+                "global_step": step,
+                "episode": episode,
+                "kl_coef": self.kl.value,
+                "log_history": self.state.log_history,
+            }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
-        write_atomically(output_dir / f"{CHECKPOINT_PREFIX}{step}", fill, overwrite=True)
+        # On a full disk the newest complete checkpoint stays the one to resume from; the error names it.
+        newest = next(iter(list_checkpoints(output_dir)[-1:]), None)
+        write_dir_atomically(output_dir / f"{CHECKPOINT_PREFIX}{step}", fill, previous=newest)
         self._rotate_checkpoints(output_dir)
 
     def _rotate_checkpoints(self, output_dir: Path) -> None:
@@ -358,5 +409,3 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         self.models.policy.set_adapter(POLICY)
         self.models.fix_trainable_flags()
         return state["episode"]
-
-

@@ -22,10 +22,12 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from forge_trl.trainers.trainer_base import TrainerBase
+
 
 def _halves(value, batch: int):
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == batch:
-        return value[: batch // 2], value[batch // 2:]
+        return value[: batch // 2], value[batch // 2 :]
     return value, value
 
 
@@ -82,7 +84,7 @@ def split_pair_forward(module: torch.nn.Module, recorder=None):
             del module.forward  # the class's forward shows through again
 
 
-class SplitPairsMixin:
+class SplitPairsMixin(TrainerBase):
     """Put before a TRL preference trainer (DPOTrainer, ORPOTrainer) in the MRO; `split_pairs=True` turns the
     split on."""
 
