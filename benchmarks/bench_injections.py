@@ -30,12 +30,24 @@ CASES = {
     "dense_lora": {"r": 16},
     "mixture_lora (4 experts)": {"name": "mixture_lora", "num_experts": 4, "r": 4},
     "moe_expert_lora (8 experts, top-2)": {"name": "moe_expert_lora", "num_experts": 8, "top_k": 2, "r": 8},
-    "moe_expert_lora, naive expert loop": {"name": "moe_expert_lora", "num_experts": 8, "top_k": 2, "r": 8,
-                                           "naive": True},
+    "moe_expert_lora, naive expert loop": {
+        "name": "moe_expert_lora",
+        "num_experts": 8,
+        "top_k": 2,
+        "r": 8,
+        "naive": True,
+    },
 }
 # A mid-size dense Qwen3 (about 100M parameters) that still steps in seconds on a laptop CPU.
-MID_CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=64, max_position_embeddings=512)
+MID_CONFIG = dict(
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+    max_position_embeddings=512,
+)
 
 
 class NaiveExpertLoop(torch.nn.Module):
@@ -147,8 +159,10 @@ def main() -> None:
                 dense_time = dense_time or seconds
                 rows.append((size, label, f"{trainable:,}", f"{seconds * 1000:.1f} ms", f"{seconds / dense_time:.2f}x"))
                 print(f"{size:10s} {label:38s} {seconds * 1000:8.1f} ms", file=sys.stderr, flush=True)
-    print(f"\n{harness.machine_line()}\nbatch {args.batch} x {args.seq} tokens, fp32, median of {args.steps} steps "
-          f"after {args.warmup} warm-up steps\n")
+    print(
+        f"\n{harness.machine_line()}\nbatch {args.batch} x {args.seq} tokens, fp32, median of {args.steps} steps "
+        f"after {args.warmup} warm-up steps\n"
+    )
     print(harness.markdown_table(("model", "strategy", "trainable params", "step time", "vs dense_lora"), rows))
 
 

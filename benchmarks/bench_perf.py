@@ -84,31 +84,47 @@ def overhead_pairs(task: str) -> list[tuple]:
     """forge against plain TRL for one training task: the A/B step time, and the plain step plus forge's own
     profiled work per step."""
     name = task.upper()
-    return [(f"forge / plain TRL step time, {name}", f"forge-{task}", f"plain-{task}", "step", OVERHEAD_TARGET, "max"),
-            (f"(plain TRL step + forge's own work) / plain TRL step, {name}", f"forge-{task}-profiled",
-             f"plain-{task}", "own", OVERHEAD_TARGET, "max")]
+    return [
+        (f"forge / plain TRL step time, {name}", f"forge-{task}", f"plain-{task}", "step", OVERHEAD_TARGET, "max"),
+        (
+            f"(plain TRL step + forge's own work) / plain TRL step, {name}",
+            f"forge-{task}-profiled",
+            f"plain-{task}",
+            "own",
+            OVERHEAD_TARGET,
+            "max",
+        ),
+    ]
 
 
 # (label, numerator run, denominator run, metric, target, "max"|"min") per case; metric "step" compares median
 # step time, "tps" tokens/s, "peak" peak memory, "own" the plain step plus forge's profiled own work.
 PAIRS = {
     **{task: overhead_pairs(task) for task in TRAINING_TASKS},
-    "memory": [("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
-               ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
-               ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
-               ("peak memory ORPO split_pairs / ORPO (forge)", "forge-orpo-split", "forge-orpo", "peak", None, None),
-               ("peak memory PPO / SFT (forge, shared base)", "forge-ppo", "forge-sft", "peak", 1.5, "max")],
-    "ppo": [("forge PPO / TRL 0.29.1 episodes/s", "ppo-forge", "ppo-trl", "tps", 1.5, "min"),
-            ("forge PPO / TRL 0.29.1 peak memory", "ppo-forge", "ppo-trl", "peak", 0.6, "max")],
+    "memory": [
+        ("peak memory DPO / SFT (forge, TRL's one-batch step)", "forge-dpo", "forge-sft", "peak", None, None),
+        ("peak memory DPO split_pairs / SFT (forge)", "forge-dpo-split", "forge-sft", "peak", 1.15, "max"),
+        ("step time DPO split_pairs / DPO (forge)", "forge-dpo-split", "forge-dpo", "step", None, None),
+        ("peak memory ORPO split_pairs / ORPO (forge)", "forge-orpo-split", "forge-orpo", "peak", None, None),
+        ("peak memory PPO / SFT (forge, shared base)", "forge-ppo", "forge-sft", "peak", 1.5, "max"),
+    ],
+    "ppo": [
+        ("forge PPO / TRL 0.29.1 episodes/s", "ppo-forge", "ppo-trl", "tps", 1.5, "min"),
+        ("forge PPO / TRL 0.29.1 peak memory", "ppo-forge", "ppo-trl", "peak", 0.6, "max"),
+    ],
     "packing": [("packed / padded real tokens/s (SFT)", "forge-sft-packed", "forge-sft-padded", "tps", 1.5, "min")],
-    "moe": [("moe_expert_lora / dense_lora step time", "moe-expert", "moe-dense", "step", 2.0, "max"),
-            ("naive expert loop / moe_expert_lora step time", "moe-naive", "moe-expert", "step", None, None)],
-    "gpu": [("Liger on / off tokens/s (forge SFT)", "gpu-liger", "gpu-base", "tps", None, None),
-            ("Liger on / off peak memory", "gpu-liger", "gpu-base", "peak", None, None),
-            ("forge / plain TRL with Liger, tokens/s", "gpu-liger", "gpu-plain-liger", "tps", 0.9, "min"),
-            ("grad checkpointing on / off tokens/s", "gpu-gc", "gpu-base", "tps", None, None),
-            ("grad checkpointing on / off peak memory", "gpu-gc", "gpu-base", "peak", None, None),
-            ("QLoRA 4-bit / bf16 LoRA peak memory", "gpu-qlora", "gpu-base", "peak", None, None)],
+    "moe": [
+        ("moe_expert_lora / dense_lora step time", "moe-expert", "moe-dense", "step", 2.0, "max"),
+        ("naive expert loop / moe_expert_lora step time", "moe-naive", "moe-expert", "step", None, None),
+    ],
+    "gpu": [
+        ("Liger on / off tokens/s (forge SFT)", "gpu-liger", "gpu-base", "tps", None, None),
+        ("Liger on / off peak memory", "gpu-liger", "gpu-base", "peak", None, None),
+        ("forge / plain TRL with Liger, tokens/s", "gpu-liger", "gpu-plain-liger", "tps", 0.9, "min"),
+        ("grad checkpointing on / off tokens/s", "gpu-gc", "gpu-base", "tps", None, None),
+        ("grad checkpointing on / off peak memory", "gpu-gc", "gpu-base", "peak", None, None),
+        ("QLoRA 4-bit / bf16 LoRA peak memory", "gpu-qlora", "gpu-base", "peak", None, None),
+    ],
 }
 
 
@@ -197,17 +213,39 @@ def format_tables(results: dict, ratios: list[dict], memory_label: str) -> str:
         tps = r.get("tokens_per_s")
         unit = r.get("throughput_unit", "tokens/s")
         tps_text = "—" if tps is None else (f"{tps:,.0f}" if unit == "tokens/s" else f"{tps:.3f} {unit}")
-        cores = (f"{r['own_cores']:.2f} / {r['other_cores']:.2f}" if r.get("own_cores") is not None else "—")
-        runs.append((key, r.get("implementation", ""), f"{r['median_step_s'] * 1000:,.1f} ms",
-                     r.get("timed_steps", ""), tps_text, fmt_bytes(r.get("peak_bytes")), cores))
+        cores = f"{r['own_cores']:.2f} / {r['other_cores']:.2f}" if r.get("own_cores") is not None else "—"
+        runs.append(
+            (
+                key,
+                r.get("implementation", ""),
+                f"{r['median_step_s'] * 1000:,.1f} ms",
+                r.get("timed_steps", ""),
+                tps_text,
+                fmt_bytes(r.get("peak_bytes")),
+                cores,
+            )
+        )
     comparisons = []
     for row in ratios:
         value = "—" if row["value"] is None else f"{row['value']:.2f}x"
         target = "—" if row["target"] is None else f"{'≤' if row['sense'] == 'max' else '≥'} {row['target']}x"
         comparisons.append((row["label"], value, target, row["result"]))
-    return (harness.markdown_table(("run", "implementation", "step time (median)", "timed steps", "tokens/s",
-                                    memory_label, "CPU cores while timed: own / other"), runs)
-            + "\n\n" + harness.markdown_table(("comparison", "ratio", "target", "result"), comparisons))
+    return (
+        harness.markdown_table(
+            (
+                "run",
+                "implementation",
+                "step time (median)",
+                "timed steps",
+                "tokens/s",
+                memory_label,
+                "CPU cores while timed: own / other",
+            ),
+            runs,
+        )
+        + "\n\n"
+        + harness.markdown_table(("comparison", "ratio", "target", "result"), comparisons)
+    )
 
 
 def compute_ratios(cases: list[str], results: dict, size: str = "") -> list[dict]:
@@ -223,8 +261,19 @@ def compute_ratios(cases: list[str], results: dict, size: str = "") -> list[dict
             result = verdict(value, target, sense, noise)
             if size == "tiny" and metric == "peak" and target is not None and value is not None:
                 result = "(not judged on tiny)"
-            rows.append(dict(case=case, label=label, numerator=num, denominator=den, metric=metric, value=value,
-                             target=target, sense=sense, result=result))
+            rows.append(
+                dict(
+                    case=case,
+                    label=label,
+                    numerator=num,
+                    denominator=den,
+                    metric=metric,
+                    value=value,
+                    target=target,
+                    sense=sense,
+                    result=result,
+                )
+            )
     return rows
 
 
@@ -254,8 +303,10 @@ def child(kind: str, spec: dict) -> dict:
         import pstats
 
         info["forge_own_s"] = forge_own_seconds(pstats.Stats(profiler), len(timer.samples))
-        info["implementation"] += (f" under cProfile: forge's own work {info['forge_own_s'] * 1000:.2f} ms/step "
-                                   "(its step time is not compared)")
+        info["implementation"] += (
+            f" under cProfile: forge's own work {info['forge_own_s'] * 1000:.2f} ms/step "
+            "(its step time is not compared)"
+        )
     if spec.get("episodes_per_step"):  # PPO: report episodes/s instead of tokens/s
         info.update(tokens_per_s=spec["episodes_per_step"] / info["median_step_s"], throughput_unit="episodes/s")
     if cuda:
@@ -271,11 +322,17 @@ def child_moe(spec: dict) -> dict:
     source = resolve_source(spec["model"])
     batch = bench_injections.random_batch(source, spec["batch"], spec["seq_len"])
     start = harness.load_sample()
-    seconds, trainable = bench_injections.time_case(source, bench_injections.CASES[spec["label"]], batch,
-                                                    spec["steps"], spec["warmup"])
-    return dict(implementation=f"forge {spec['label']}", median_step_s=seconds, timed_steps=spec["steps"],
-                tokens_per_s=spec["batch"] * spec["seq_len"] / seconds, trainable=trainable,
-                **harness.cores_between(start, harness.load_sample()))
+    seconds, trainable = bench_injections.time_case(
+        source, bench_injections.CASES[spec["label"]], batch, spec["steps"], spec["warmup"]
+    )
+    return dict(
+        implementation=f"forge {spec['label']}",
+        median_step_s=seconds,
+        timed_steps=spec["steps"],
+        tokens_per_s=spec["batch"] * spec["seq_len"] / seconds,
+        trainable=trainable,
+        **harness.cores_between(start, harness.load_sample()),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ preparation
@@ -302,8 +359,9 @@ class Bench:
             from forge_trl.models.tiny import ensure_tiny
 
             return ensure_tiny("forge-tiny")
-        return harness.build_random_qwen3(self.workdir / f"{self.args.size}-base", ARCHS[self.args.size],
-                                          vocab_size=QWEN3_VOCAB, bf16=self.cuda)
+        return harness.build_random_qwen3(
+            self.workdir / f"{self.args.size}-base", ARCHS[self.args.size], vocab_size=QWEN3_VOCAB, bf16=self.cuda
+        )
 
     def data_file(self, layout: str) -> Path:
         """Rows of a fixed size, so that both sides of a pair see the same real tokens per step. SFT rows are
@@ -343,39 +401,82 @@ class Bench:
         return path
 
     # --- runs --------------------------------------------------------------------------------------------
-    def training_spec(self, task: str, name: str, data_file: Path, layout: str, extra_forge: tuple = (),
-                      **train_changes) -> dict:
+    def training_spec(
+        self, task: str, name: str, data_file: Path, layout: str, extra_forge: tuple = (), **train_changes
+    ) -> dict:
         """One training run for either side. `train` holds the settings both sides get (forge as overrides,
         plain TRL as config fields), `extra_forge` forge-only overrides."""
         from forge_trl.config import ForgeConfig
 
         a = self.args
-        train = dict(max_steps=a.steps + a.warmup + 1, learning_rate=task_learning_rate(task), batch=a.batch,
-                     max_length=a.seq_len, logging_steps=a.logging_steps, lr_scheduler_type="linear",
-                     warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, gradient_checkpointing=False,
-                     seed=harness.schema_default(ForgeConfig, "seed"), **train_changes)
+        train = dict(
+            max_steps=a.steps + a.warmup + 1,
+            learning_rate=task_learning_rate(task),
+            batch=a.batch,
+            max_length=a.seq_len,
+            logging_steps=a.logging_steps,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            gradient_checkpointing=False,
+            seed=harness.schema_default(ForgeConfig, "seed"),
+            **train_changes,
+        )
         model = self.model_dir()
         out = self.workdir / "runs" / name
         overrides = [
-            f"task={task}", f"model.name_or_path={model}", f"precision={self.precision}", f"model.dtype={self.dtype}",
-            "data=jsonl", f"data.path={data_file}", f"data.layout={layout}", f"data.max_length={train['max_length']}",
-            f"task.per_device_train_batch_size={train['batch']}", "injection=dense_lora", f"seed={train['seed']}",
-            *(f"task.{key}={str(train[key]).lower()}" for key in
-              ("max_steps", "learning_rate", "logging_steps", "lr_scheduler_type", "warmup_steps", "weight_decay",
-               "max_grad_norm", "gradient_checkpointing")),
-            f"output_dir={out}", "overwrite=true", "plot=false", *extra_forge,
+            f"task={task}",
+            f"model.name_or_path={model}",
+            f"precision={self.precision}",
+            f"model.dtype={self.dtype}",
+            "data=jsonl",
+            f"data.path={data_file}",
+            f"data.layout={layout}",
+            f"data.max_length={train['max_length']}",
+            f"task.per_device_train_batch_size={train['batch']}",
+            "injection=dense_lora",
+            f"seed={train['seed']}",
+            *(
+                f"task.{key}={str(train[key]).lower()}"
+                for key in (
+                    "max_steps",
+                    "learning_rate",
+                    "logging_steps",
+                    "lr_scheduler_type",
+                    "warmup_steps",
+                    "weight_decay",
+                    "max_grad_norm",
+                    "gradient_checkpointing",
+                )
+            ),
+            f"output_dir={out}",
+            "overwrite=true",
+            "plot=false",
+            *extra_forge,
         ]
-        return dict(task=task, warmup=a.warmup, overrides=overrides, model_dir=str(model), data_file=str(data_file),
-                    layout=layout, lora=harness.dense_lora_shape(), train=train, task_args=plain_task_args(task),
-                    precision=self.precision, output_dir=str(out))
+        return dict(
+            task=task,
+            warmup=a.warmup,
+            overrides=overrides,
+            model_dir=str(model),
+            data_file=str(data_file),
+            layout=layout,
+            lora=harness.dense_lora_shape(),
+            train=train,
+            task_args=plain_task_args(task),
+            precision=self.precision,
+            output_dir=str(out),
+        )
 
     def measure(self, key: str, kind: str, spec: dict) -> dict:
         """Run one child (once per key and invocation); with --wait-idle, on an idle machine."""
         if key not in self.results:
             a = self.args
             try:
-                self.results[key] = harness.run_child(MODULE, kind, spec, key, self.workdir, wait_idle=a.wait_idle,
-                                                      max_wait=a.max_wait, retries=a.retries)
+                self.results[key] = harness.run_child(
+                    MODULE, kind, spec, key, self.workdir, wait_idle=a.wait_idle, max_wait=a.max_wait, retries=a.retries
+                )
             except harness.RunFailed as exc:  # keep the other cases going
                 log(str(exc))
                 self.results[key] = dict(error=f"see {self.workdir / 'logs' / (key + '.log')}")
@@ -421,33 +522,58 @@ class Bench:
     # --- cases -------------------------------------------------------------------------------------------
     def case_memory(self) -> None:
         if self.args.size == "tiny":
-            self.notes.append("memory: on the tiny model torch's own ~0.5 GB dominates peak RSS; the DPO/SFT and "
-                              "PPO/SFT ratios mean something from qwen3-0.6b on.")
+            self.notes.append(
+                "memory: on the tiny model torch's own ~0.5 GB dominates peak RSS; the DPO/SFT and "
+                "PPO/SFT ratios mean something from qwen3-0.6b on."
+            )
         for task in ("sft", "dpo", "orpo"):
             data = self.data_file(LAYOUTS[task])
             self.measure(f"forge-{task}", "forge", self.training_spec(task, task, data, LAYOUTS[task]))
         for task in ("dpo", "orpo"):
             data = self.data_file(LAYOUTS[task])
-            self.measure(f"forge-{task}-split", "forge",
-                         self.training_spec(task, f"{task}-split", data, LAYOUTS[task], ("task.split_pairs=true",)))
+            self.measure(
+                f"forge-{task}-split",
+                "forge",
+                self.training_spec(task, f"{task}-split", data, LAYOUTS[task], ("task.split_pairs=true",)),
+            )
         # PPO needs an SFT adapter and a reward model on the same base: one forge step each (only shapes matter).
         logs = self.workdir / "logs"
-        keys = [f"model.dtype={self.dtype}", f"precision={self.precision}", f"data.max_length={self.args.seq_len}",
-                "task.max_steps=1", f"task.per_device_train_batch_size={self.args.batch}"]
-        sft = harness.forge_stage(["task=sft", f"model.name_or_path={self.model_dir()}", *keys],
-                                  self.workdir / "ppo" / "sft", logs)
+        keys = [
+            f"model.dtype={self.dtype}",
+            f"precision={self.precision}",
+            f"data.max_length={self.args.seq_len}",
+            "task.max_steps=1",
+            f"task.per_device_train_batch_size={self.args.batch}",
+        ]
+        sft = harness.forge_stage(
+            ["task=sft", f"model.name_or_path={self.model_dir()}", *keys], self.workdir / "ppo" / "sft", logs
+        )
         rm = harness.forge_stage(["task=rm", f"model.name_or_path={sft}", *keys], self.workdir / "ppo" / "rm", logs)
         prompts = self.data_file("prompt_only")
         steps = max(2, min(self.args.steps, 3)) + 1  # PPO steps are long; the peak is reached in the first
         overrides = [
-            "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}", *keys[:2],
-            "data=jsonl", f"data.path={prompts}", "data.layout=prompt_only", f"data.max_length={self.args.seq_len}",
-            f"task.per_device_train_batch_size={self.args.batch}", f"task.response_length={bench_ppo.RESPONSE_TOKENS}",
-            f"task.max_steps={steps}", "task.logging_steps=1", "task.gradient_checkpointing=false",
-            f"output_dir={self.workdir / 'runs' / 'ppo'}", "overwrite=true", "plot=false",
+            "task=ppo",
+            f"model.name_or_path={sft}",
+            f"task.reward_model.checkpoint_path={rm}",
+            *keys[:2],
+            "data=jsonl",
+            f"data.path={prompts}",
+            "data.layout=prompt_only",
+            f"data.max_length={self.args.seq_len}",
+            f"task.per_device_train_batch_size={self.args.batch}",
+            f"task.response_length={bench_ppo.RESPONSE_TOKENS}",
+            f"task.max_steps={steps}",
+            "task.logging_steps=1",
+            "task.gradient_checkpointing=false",
+            f"output_dir={self.workdir / 'runs' / 'ppo'}",
+            "overwrite=true",
+            "plot=false",
         ]
-        self.measure("forge-ppo", "forge", dict(overrides=overrides, warmup=0, count_tokens=False,
-                                                episodes_per_step=self.args.batch))
+        self.measure(
+            "forge-ppo",
+            "forge",
+            dict(overrides=overrides, warmup=0, count_tokens=False, episodes_per_step=self.args.batch),
+        )
 
     def case_ppo(self) -> None:
         name = self.args.size if self.args.size in bench_ppo.CASES else None
@@ -466,41 +592,70 @@ class Bench:
             return
         for impl, python in (("forge", sys.executable), ("trl", str(trl_python))):
             try:
-                m = bench_ppo.measure(impl, python, prepared[impl], workdir, wait_idle=a.wait_idle,
-                                      max_wait=a.max_wait, retries=a.retries)
+                m = bench_ppo.measure(
+                    impl, python, prepared[impl], workdir, wait_idle=a.wait_idle, max_wait=a.max_wait, retries=a.retries
+                )
             except harness.RunFailed as exc:
                 log(str(exc))
                 self.results[f"ppo-{impl}"] = dict(error="see outputs/bench_ppo/logs")
                 continue
             self.results[f"ppo-{impl}"] = dict(
-                m, implementation=f"{m['implementation']} PPO (bench_ppo {name})", tokens_per_s=m["episodes_per_s"],
-                throughput_unit="episodes/s", peak_bytes=m["peak_rss"])
-        self.notes.append("ppo: bench_ppo's own cases (tiny: batch 8; qwen3-0.6b: its tiny-vocabulary build, "
-                          "batch 2, 3 PPO steps); it measures peak RSS, also on CUDA machines.")
+                m,
+                implementation=f"{m['implementation']} PPO (bench_ppo {name})",
+                tokens_per_s=m["episodes_per_s"],
+                throughput_unit="episodes/s",
+                peak_bytes=m["peak_rss"],
+            )
+        self.notes.append(
+            "ppo: bench_ppo's own cases (tiny: batch 8; qwen3-0.6b: its tiny-vocabulary build, "
+            "batch 2, 3 PPO steps); it measures peak RSS, also on CUDA machines."
+        )
 
     def case_packing(self) -> None:
         from forge_trl.data.demo_suite import ensure_demo_suite
 
         demo = Path(ensure_demo_suite()["sft"])
-        self.measure_pair([(f"forge-sft-{name}", "forge",
-                            self.training_spec("sft", f"sft-{name}", demo, "sft", extra_forge=extra))
-                           for name, extra in (("padded", ()), ("packed", ("task.packing=true",)))])
-        self.notes.append("packing: the demo sft rows (variable length, ~10-40 tokens), padded per batch vs packed "
-                          f"into rows of {self.args.seq_len} tokens (TRL's bfd packing). Without flash attention "
-                          "forge keeps the packed rows two-dimensional, each row's position_ids restarting at every "
-                          "sequence (block-diagonal mask per row); with flash attention, TRL's flattened batch and "
-                          "cu_seq_lens.")
+        self.measure_pair(
+            [
+                (f"forge-sft-{name}", "forge", self.training_spec("sft", f"sft-{name}", demo, "sft", extra_forge=extra))
+                for name, extra in (("padded", ()), ("packed", ("task.packing=true",)))
+            ]
+        )
+        self.notes.append(
+            "packing: the demo sft rows (variable length, ~10-40 tokens), padded per batch vs packed "
+            f"into rows of {self.args.seq_len} tokens (TRL's bfd packing). Without flash attention "
+            "forge keeps the packed rows two-dimensional, each row's position_ids restarting at every "
+            "sequence (block-diagonal mask per row); with flash attention, TRL's flattened batch and "
+            "cu_seq_lens."
+        )
 
     def case_moe(self) -> None:
         if self.args.size == "qwen3-1.7b":  # bench_injections steps on the CPU: too slow at this size
             self.notes.append("moe: skipped at qwen3-1.7b (bench_injections runs on the CPU).")
             return
         model = "forge-tiny" if self.args.size == "tiny" else str(self.model_dir())
-        labels = {"moe-dense": "dense_lora", "moe-expert": "moe_expert_lora (8 experts, top-2)",
-                  "moe-naive": "moe_expert_lora, naive expert loop"}
-        self.measure_pair([(key, "moe", dict(model=model, label=label, batch=self.args.batch, seq_len=self.args.seq_len,
-                                             steps=self.args.steps, warmup=self.args.warmup))
-                           for key, label in labels.items()])
+        labels = {
+            "moe-dense": "dense_lora",
+            "moe-expert": "moe_expert_lora (8 experts, top-2)",
+            "moe-naive": "moe_expert_lora, naive expert loop",
+        }
+        self.measure_pair(
+            [
+                (
+                    key,
+                    "moe",
+                    dict(
+                        model=model,
+                        label=label,
+                        batch=self.args.batch,
+                        seq_len=self.args.seq_len,
+                        steps=self.args.steps,
+                        warmup=self.args.warmup,
+                    ),
+                )
+                for key, label in labels.items()
+            ]
+        )
         if self.cuda:
             self.notes.append("moe: bench_injections steps on the CPU, also on CUDA machines.")
 
@@ -511,8 +666,11 @@ class Bench:
         import importlib.util
 
         data = self.data_file("sft")
-        variants = {"gpu-base": ((), {}), "gpu-gc": ((), dict(gradient_checkpointing=True)),
-                    "gpu-qlora": (("model.quantization=4bit",), {})}
+        variants = {
+            "gpu-base": ((), {}),
+            "gpu-gc": ((), dict(gradient_checkpointing=True)),
+            "gpu-qlora": (("model.quantization=4bit",), {}),
+        }
         if importlib.util.find_spec("liger_kernel") is not None:
             variants["gpu-liger"] = (("+task.trl_args.use_liger_kernel=true",), {})
         else:
@@ -542,8 +700,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="examples / pairs / prompts per step (default per size)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default per size)")
     parser.add_argument("--logging-steps", type=int, default=10, help="trainer logging interval (forge's default)")
-    parser.add_argument("--repeats", type=int, help="processes per side of a speed comparison, interleaved; each "
-                        "side reports the median (default: 5 for tiny, 1 otherwise)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="processes per side of a speed comparison, interleaved; each "
+        "side reports the median (default: 5 for tiny, 1 otherwise)",
+    )
     parser.add_argument("--workdir", default="outputs/bench_perf")
     parser.add_argument("--json", help="write all runs and ratios to this file")
     harness.add_idle_arguments(parser, optional=True)
@@ -576,10 +738,12 @@ def main() -> None:
     lora = harness.dense_lora_shape()
     memory_label = "peak GPU memory (max_memory_allocated)" if cuda else "peak RSS"
     print(harness.machine_line())
-    print(f"size {args.size}; batch {args.batch} x {args.seq_len} tokens; {bench.precision}; LoRA r={lora['r']} "
-          f"alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}; no gradient "
-          f"checkpointing unless named; median of {args.steps} steps after {args.warmup} warm-up steps; "
-          f"logging every {args.logging_steps} steps; date {time.strftime('%Y-%m-%d')}")
+    print(
+        f"size {args.size}; batch {args.batch} x {args.seq_len} tokens; {bench.precision}; LoRA r={lora['r']} "
+        f"alpha={lora['alpha']} dropout={lora['dropout']} on {','.join(lora['targets'])}; no gradient "
+        f"checkpointing unless named; median of {args.steps} steps after {args.warmup} warm-up steps; "
+        f"logging every {args.logging_steps} steps; date {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print(format_tables(bench.results, ratios, memory_label))
     for note in bench.notes:
@@ -588,9 +752,14 @@ def main() -> None:
         print("- measured without --wait-idle: the 'other' cores column says how busy the machine was.")
     print(f"\ntotal runtime: {time.perf_counter() - started:.0f}s (logs in {workdir / 'logs'})")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(size=args.size, args=vars(args), results=bench.results,
-                                                   ratios=ratios, notes=bench.notes), indent=1, default=str),
-                                   encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                dict(size=args.size, args=vars(args), results=bench.results, ratios=ratios, notes=bench.notes),
+                indent=1,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

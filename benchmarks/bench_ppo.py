@@ -49,6 +49,7 @@ What the numbers mean
 - speed ratio = forge episodes/s / TRL episodes/s (above 1: forge is faster);
   memory ratio = forge peak RSS / TRL peak RSS (below 1: forge uses less).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,18 @@ MODULE = "benchmarks.bench_ppo"
 TRL_VERSION = "0.29.1"
 RESPONSE_TOKENS = 16  # shorter than forge's default response_length, so that the tiny runs stay short
 # Qwen3-0.6B's architecture (random init), with the tiny model's small vocabulary.
-QWEN3_0_6B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                  head_dim=128, intermediate_size=3072, max_position_embeddings=512, rms_norm_eps=1e-6,
-                  rope_theta=1_000_000.0, tie_word_embeddings=True)
+QWEN3_0_6B = dict(
+    hidden_size=1024,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=True,
+)
 CASES = {
     # name: prompts per step, PPO steps (None: --steps), prompt length in tokens (None: the demo prompts as they are)
     "tiny": dict(batch=8, steps=None, prompt_tokens=None),
@@ -83,10 +93,15 @@ def ppo_settings() -> dict:
     from forge_trl.tasks.ppo import PPOTaskConfig
 
     ppo = PPOSettings()
-    return dict(response_length=RESPONSE_TOKENS, num_ppo_epochs=ppo.num_ppo_epochs,
-                num_mini_batches=ppo.num_mini_batches,
-                learning_rate=harness.schema_default(PPOTaskConfig, "learning_rate"), kl_coef=ppo.kl_coef,
-                temperature=ppo.temperature, seed=harness.schema_default(ForgeConfig, "seed"))
+    return dict(
+        response_length=RESPONSE_TOKENS,
+        num_ppo_epochs=ppo.num_ppo_epochs,
+        num_mini_batches=ppo.num_mini_batches,
+        learning_rate=harness.schema_default(PPOTaskConfig, "learning_rate"),
+        kl_coef=ppo.kl_coef,
+        temperature=ppo.temperature,
+        seed=harness.schema_default(ForgeConfig, "seed"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ preparation
@@ -98,16 +113,20 @@ def ensure_trl_venv(workdir: Path) -> Path:
         log(f"creating {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site, main_site = (subprocess.run([str(exe), "-c", purelib], check=True, capture_output=True,
-                                      text=True).stdout.strip() for exe in (python, sys.executable))
+    site, main_site = (
+        subprocess.run([str(exe), "-c", purelib], check=True, capture_output=True, text=True).stdout.strip()
+        for exe in (python, sys.executable)
+    )
     # Appended after the venv's own site-packages, so the venv's trl shadows the main venv's trl 1.x.
     Path(site, "main_venv_site_packages.pth").write_text(main_site + "\n", encoding="utf-8")
     probe = "import trl; print(trl.__version__, trl.__file__)"
     found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True).stdout.split()
     if not found or found[0] != TRL_VERSION or not found[1].startswith(str(venv.resolve())):
         log(f"installing trl=={TRL_VERSION} into {venv}")
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed",
-                        f"trl=={TRL_VERSION}"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", f"trl=={TRL_VERSION}"],
+            check=True,
+        )
     return python
 
 
@@ -125,8 +144,7 @@ def export_merged(checkpoint: Path, target: Path, head: str) -> None:
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
     """The prompt as the policy sees it: the chat template with the generation prompt (as forge's task=ppo does)."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                        tokenize=True)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
@@ -146,8 +164,9 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
         base = harness.build_random_qwen3(here / "base", QWEN3_0_6B)
         model_keys = [f"model.name_or_path={base}", "model.dtype=float32"]
         sft = harness.forge_stage(["task=sft", "task.max_steps=1", *model_keys], here / "sft", logs)
-        rm = harness.forge_stage(["task=rm", f"model.name_or_path={sft}", "model.dtype=float32", "task.max_steps=1"],
-                                 here / "rm", logs)
+        rm = harness.forge_stage(
+            ["task=rm", f"model.name_or_path={sft}", "model.dtype=float32", "task.max_steps=1"], here / "rm", logs
+        )
     policy_dir, rm_dir = here / "merged_policy", here / "merged_rm"
     export_merged(sft, policy_dir, "causal_lm")
     export_merged(rm, rm_dir, "seq_cls")
@@ -174,24 +193,51 @@ def prepare_case(name: str, workdir: Path, steps: int) -> dict:
     steps = case["steps"] or steps
     ppo = ppo_settings()
     common = dict(case=name, batch=case["batch"], steps=steps, **ppo)
-    forge_spec = dict(common, overrides=[
-        "task=ppo", f"model.name_or_path={sft}", f"task.reward_model.checkpoint_path={rm}",
-        *(["model.dtype=float32"] if name != "tiny" else []), *data_overrides,
-        f"task.per_device_train_batch_size={case['batch']}", f"task.max_steps={steps}", f"seed={ppo['seed']}",
-        *(f"task.{key}={value}" for key, value in ppo.items() if key != "seed"),
-        "task.logging_steps=1", "task.gradient_checkpointing=false",
-        f"output_dir={here / 'forge_ppo'}", "overwrite=true", "plot=false",
-    ])
-    trl_spec = dict(common, policy=str(policy_dir), reward=str(rm_dir), prompt_ids=str(ids_file),
-                    output_dir=str(here / "trl_ppo"), lora=harness.dense_lora_shape())
+    forge_spec = dict(
+        common,
+        overrides=[
+            "task=ppo",
+            f"model.name_or_path={sft}",
+            f"task.reward_model.checkpoint_path={rm}",
+            *(["model.dtype=float32"] if name != "tiny" else []),
+            *data_overrides,
+            f"task.per_device_train_batch_size={case['batch']}",
+            f"task.max_steps={steps}",
+            f"seed={ppo['seed']}",
+            *(f"task.{key}={value}" for key, value in ppo.items() if key != "seed"),
+            "task.logging_steps=1",
+            "task.gradient_checkpointing=false",
+            f"output_dir={here / 'forge_ppo'}",
+            "overwrite=true",
+            "plot=false",
+        ],
+    )
+    trl_spec = dict(
+        common,
+        policy=str(policy_dir),
+        reward=str(rm_dir),
+        prompt_ids=str(ids_file),
+        output_dir=str(here / "trl_ppo"),
+        lora=harness.dense_lora_shape(),
+    )
     return dict(forge=forge_spec, trl=trl_spec, prompt_lengths=(lengths[0], lengths[-1]), steps=steps)
 
 
-def measure(impl: str, python: str, spec: dict, workdir: Path, wait_idle: bool = True, max_wait: float = 900,
-            retries: int = 1) -> dict:
+def measure(
+    impl: str, python: str, spec: dict, workdir: Path, wait_idle: bool = True, max_wait: float = 900, retries: int = 1
+) -> dict:
     """Run one implementation in its own process (harness.run_child); its timings, episodes/s and peak RSS."""
-    result = harness.run_child(MODULE, impl, spec, f"{spec['case']}-{impl}-ppo", workdir, python=python,
-                               wait_idle=wait_idle, max_wait=max_wait, retries=retries)
+    result = harness.run_child(
+        MODULE,
+        impl,
+        spec,
+        f"{spec['case']}-{impl}-ppo",
+        workdir,
+        python=python,
+        wait_idle=wait_idle,
+        max_wait=max_wait,
+        retries=retries,
+    )
     result["episodes_per_s"] = spec["batch"] * result["timed_steps"] / result["timed_s"]
     return result
 
@@ -219,19 +265,45 @@ def child_trl(spec: dict, timer) -> dict:
     value = AutoModelForSequenceClassification.from_pretrained(spec["reward"], num_labels=1, dtype=torch.float32)
     prompts = Dataset.from_dict({"input_ids": json.loads(Path(spec["prompt_ids"]).read_text(encoding="utf-8"))})
     lora = spec["lora"]
-    peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                             target_modules=lora["targets"], task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["targets"],
+        task_type="CAUSAL_LM",
+    )
     config = PPOConfig(
-        output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1,
-        total_episodes=spec["batch"] * spec["steps"], response_length=spec["response_length"],
-        num_ppo_epochs=spec["num_ppo_epochs"], num_mini_batches=spec["num_mini_batches"],
-        learning_rate=spec["learning_rate"], kl_coef=spec["kl_coef"], temperature=spec["temperature"],
-        stop_token="eos", seed=spec["seed"], bf16=False, fp16=False, gradient_checkpointing=False,
-        num_sample_generations=0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        output_dir=spec["output_dir"],
+        per_device_train_batch_size=spec["batch"],
+        gradient_accumulation_steps=1,
+        total_episodes=spec["batch"] * spec["steps"],
+        response_length=spec["response_length"],
+        num_ppo_epochs=spec["num_ppo_epochs"],
+        num_mini_batches=spec["num_mini_batches"],
+        learning_rate=spec["learning_rate"],
+        kl_coef=spec["kl_coef"],
+        temperature=spec["temperature"],
+        stop_token="eos",
+        seed=spec["seed"],
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
     )
     trainer = PPOTrainer(
-        args=config, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
-        train_dataset=prompts, value_model=value, peft_config=peft_config, callbacks=[timer],
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        train_dataset=prompts,
+        value_model=value,
+        peft_config=peft_config,
+        callbacks=[timer],
     )
     trainer.train()
     return dict(implementation=f"TRL {trl.__version__}")
@@ -254,27 +326,56 @@ def report(results: dict) -> str:
         lo, hi = r["prompt_lengths"]
         for impl in ("forge", "trl"):
             m = r[impl]
-            rows.append((case, m["implementation"], f"{m['steps']} ({m['timed_steps']})", m["batch"],
-                         f"{lo}" if lo == hi else f"{lo}-{hi}", f"{m['episodes_per_s']:.3f}",
-                         f"{m['peak_rss'] / GIB:.2f}", f"{m['own_cores']:.2f} / {m['other_cores']:.2f}"))
-    runs = harness.markdown_table(("case", "implementation", "PPO steps (timed)", "batch", "prompt tokens",
-                                   "episodes/s", "peak RSS (GiB)",
-                                   "CPU cores used while timed: own / other processes"), rows)
+            rows.append(
+                (
+                    case,
+                    m["implementation"],
+                    f"{m['steps']} ({m['timed_steps']})",
+                    m["batch"],
+                    f"{lo}" if lo == hi else f"{lo}-{hi}",
+                    f"{m['episodes_per_s']:.3f}",
+                    f"{m['peak_rss'] / GIB:.2f}",
+                    f"{m['own_cores']:.2f} / {m['other_cores']:.2f}",
+                )
+            )
+    runs = harness.markdown_table(
+        (
+            "case",
+            "implementation",
+            "PPO steps (timed)",
+            "batch",
+            "prompt tokens",
+            "episodes/s",
+            "peak RSS (GiB)",
+            "CPU cores used while timed: own / other processes",
+        ),
+        rows,
+    )
     ratios = harness.markdown_table(
         ("case", "speed ratio (forge eps/s ÷ TRL eps/s)", "memory ratio (forge peak ÷ TRL peak)"),
-        [(case, f"{r['forge']['episodes_per_s'] / r['trl']['episodes_per_s']:.2f}x",
-          f"{r['forge']['peak_rss'] / r['trl']['peak_rss']:.2f}x") for case, r in results.items()])
+        [
+            (
+                case,
+                f"{r['forge']['episodes_per_s'] / r['trl']['episodes_per_s']:.2f}x",
+                f"{r['forge']['peak_rss'] / r['trl']['peak_rss']:.2f}x",
+            )
+            for case, r in results.items()
+        ],
+    )
     return f"{runs}\n\n{ratios}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="forge_trl's PPO against TRL 0.29.1's PPOTrainer: episodes/s "
-                                                 "and peak RSS (see the module docstring for the method).")
+    parser = argparse.ArgumentParser(
+        description="forge_trl's PPO against TRL 0.29.1's PPOTrainer: episodes/s "
+        "and peak RSS (see the module docstring for the method)."
+    )
     parser.add_argument("--workdir", default="outputs/bench_ppo")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=12, help="PPO steps of the tiny case (at least 2)")
-    parser.add_argument("--big-steps", type=int, default=DEFAULT_BIG_STEPS,
-                        help="PPO steps of the qwen3-0.6b case (at least 2)")
+    parser.add_argument(
+        "--big-steps", type=int, default=DEFAULT_BIG_STEPS, help="PPO steps of the qwen3-0.6b case (at least 2)"
+    )
     harness.add_idle_arguments(parser, optional=False)
     args = harness.parse_args_or_run_child(parser, ("forge", "trl"), child)
     if args is None:
@@ -291,14 +392,18 @@ def main() -> None:
         results, notes = {}, []
         for name in args.cases:
             prepared = prepare_case(name, workdir, args.steps)
-            runs = {impl: measure(impl, python, prepared[impl], workdir, max_wait=args.max_wait, retries=args.retries)
-                    for impl, python in (("forge", sys.executable), ("trl", str(trl_python)))}
+            runs = {
+                impl: measure(impl, python, prepared[impl], workdir, max_wait=args.max_wait, retries=args.retries)
+                for impl, python in (("forge", sys.executable), ("trl", str(trl_python)))
+            }
             results[name] = dict(prompt_lengths=prepared["prompt_lengths"], **runs)
             for m in runs.values():
                 per_step = ", ".join(f"{t:.1f}" for t in m["step_seconds"])
-                notes.append(f"{name} / {m['implementation']}: process wall {m['process_wall_s']:.0f}s, seconds per "
-                             f"timed step {per_step}"
-                             + (f"; measured {m['attempts']} times, the last kept" if m["attempts"] > 1 else ""))
+                notes.append(
+                    f"{name} / {m['implementation']}: process wall {m['process_wall_s']:.0f}s, seconds per "
+                    f"timed step {per_step}"
+                    + (f"; measured {m['attempts']} times, the last kept" if m["attempts"] > 1 else "")
+                )
     except harness.RunFailed as exc:
         sys.exit(str(exc))
     (workdir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -307,16 +412,20 @@ def main() -> None:
 
     lora = harness.dense_lora_shape()
     print(harness.machine_line())
-    print(f"settings: {json.dumps(ppo_settings())}; LoRA r={lora['r']} alpha={lora['alpha']} "
-          f"dropout={lora['dropout']} on {','.join(lora['targets'])}; fp32; no gradient checkpointing")
+    print(
+        f"settings: {json.dumps(ppo_settings())}; LoRA r={lora['r']} alpha={lora['alpha']} "
+        f"dropout={lora['dropout']} on {','.join(lora['targets'])}; fp32; no gradient checkpointing"
+    )
     print()
     print(report(results))
     if notes:
         print()
     for note in notes:
         print(f"- {note}")
-    print(f"\ntotal runtime: {time.perf_counter() - started:.0f}s "
-          f"(results in {workdir / 'results.json'}, logs in {workdir / 'logs'})")
+    print(
+        f"\ntotal runtime: {time.perf_counter() - started:.0f}s "
+        f"(results in {workdir / 'results.json'}, logs in {workdir / 'logs'})"
+    )
 
 
 if __name__ == "__main__":

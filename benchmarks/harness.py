@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: where children run
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+GIB = 1024**3
+MIB = 1024**2
 OTHER_LOAD_LIMIT = 0.25  # cores used by other processes above which a timing counts as disturbed
 
 
@@ -127,16 +127,28 @@ def add_idle_arguments(parser: argparse.ArgumentParser, optional: bool) -> None:
     """--max-wait and --retries for `run_child`; with `optional`, also --wait-idle (otherwise runs always wait)."""
     when = " (with --wait-idle)" if optional else ""
     if optional:
-        parser.add_argument("--wait-idle", action="store_true",
-                            help="wait for other processes to go idle before each run; repeat disturbed runs")
-    parser.add_argument("--max-wait", type=float, default=900,
-                        help=f"seconds to wait for other processes to go idle before each measured run{when}")
-    parser.add_argument("--retries", type=int, default=1,
-                        help=f"measure again when other processes disturbed the timed steps, this many times{when}")
+        parser.add_argument(
+            "--wait-idle",
+            action="store_true",
+            help="wait for other processes to go idle before each run; repeat disturbed runs",
+        )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=900,
+        help=f"seconds to wait for other processes to go idle before each measured run{when}",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help=f"measure again when other processes disturbed the timed steps, this many times{when}",
+    )
 
 
-def parse_args_or_run_child(parser: argparse.ArgumentParser, kinds: Sequence[str],
-                            child: Callable[[str, dict], dict]) -> argparse.Namespace | None:
+def parse_args_or_run_child(
+    parser: argparse.ArgumentParser, kinds: Sequence[str], child: Callable[[str, dict], dict]
+) -> argparse.Namespace | None:
     """Parse the command line, which may be a child's (`--child KIND --spec FILE`, as `run_child` starts it). In
     a child, run `child(kind, spec)`, write its result (plus the torch version and thread count) where the parent
     reads it, and return None; otherwise return the parsed arguments."""
@@ -156,8 +168,18 @@ def parse_args_or_run_child(parser: argparse.ArgumentParser, kinds: Sequence[str
     return None
 
 
-def run_child(module: str, kind: str, spec: dict, key: str, workdir: Path, *, python: str = sys.executable,
-              wait_idle: bool = True, max_wait: float = 900, retries: int = 1) -> dict:
+def run_child(
+    module: str,
+    kind: str,
+    spec: dict,
+    key: str,
+    workdir: Path,
+    *,
+    python: str = sys.executable,
+    wait_idle: bool = True,
+    max_wait: float = 900,
+    retries: int = 1,
+) -> dict:
     """Run `python -m <module> --child <kind>` on `spec` and return the result the child wrote, plus
     `process_wall_s`, `attempts`, `peak_rss` (the child's ru_maxrss, bytes) and `peak_bytes` (peak_rss unless
     the child reported its GPU peak). Spec, result and log files are `<workdir>/specs/<key>*.json` and
@@ -185,8 +207,10 @@ def run_child(module: str, kind: str, spec: dict, key: str, workdir: Path, *, py
         result.setdefault("peak_bytes", done.peak_rss)
         if result.get("other_cores", 0.0) < OTHER_LOAD_LIMIT:
             break
-        log(f"{key}: other processes used {result['other_cores']:.2f} cores while timed"
-            + ("; measuring again" if attempt + 1 < attempts else "; keeping this result"))
+        log(
+            f"{key}: other processes used {result['other_cores']:.2f} cores while timed"
+            + ("; measuring again" if attempt + 1 < attempts else "; keeping this result")
+        )
     return result
 
 
@@ -201,8 +225,12 @@ def summarize(step_ends: list[float], tokens_at_end: list[int], warmup: int) -> 
     """Median step time and real tokens/s over the steps after warm-up."""
     timed = intervals_after_warmup(step_ends, warmup)
     first = len(step_ends) - 1 - len(timed)  # index of the step end that opens the timed window
-    out = dict(step_seconds=timed, median_step_s=statistics.median(timed) if timed else float("nan"),
-               timed_steps=len(timed), timed_s=sum(timed))
+    out = dict(
+        step_seconds=timed,
+        median_step_s=statistics.median(timed) if timed else float("nan"),
+        timed_steps=len(timed),
+        timed_s=sum(timed),
+    )
     if tokens_at_end and timed:
         tokens = tokens_at_end[-1] - tokens_at_end[first]
         out.update(tokens_timed=tokens, tokens_per_s=tokens / sum(timed))
@@ -252,7 +280,7 @@ def step_timer(cuda: bool = False, profiler=None):
         def tokens_at_end(self) -> list[int]:
             """Real tokens trained on up to each step end (the loader collates ahead; steps take batches in order)."""
             per_step = self.batches_per_step
-            return [sum(self.batch_tokens[:(i + 1) * per_step]) for i in range(len(self.samples))]
+            return [sum(self.batch_tokens[: (i + 1) * per_step]) for i in range(len(self.samples))]
 
         def summary(self, warmup: int, count_tokens: bool = True) -> dict:
             out = summarize(self.step_ends, self.tokens_at_end() if count_tokens else [], warmup)
@@ -302,8 +330,10 @@ def machine_line() -> str:
     except OSError:
         pass
     gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"machine: {cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
-            f"torch {torch.__version__}; {platform.platform()}; Python {platform.python_version()}{gpu}")
+    return (
+        f"machine: {cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
+        f"torch {torch.__version__}; {platform.platform()}; Python {platform.python_version()}{gpu}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ forge runs, models
@@ -386,8 +416,14 @@ def build_random_qwen3(target: Path, arch: dict, vocab_size: int | None = None, 
     from forge_trl.models.loading import load_tokenizer, resolve_source
 
     tokenizer = load_tokenizer(resolve_source("forge-tiny").tokenizer_path)
-    config = AutoConfig.for_model("qwen3", vocab_size=vocab_size or len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **arch)
+    config = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=vocab_size or len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **arch,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if bf16 else torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -24,8 +24,13 @@ def conversational_rows(path: str, layout: str) -> list[dict]:
         if layout == "sft":
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": raw["response"]}]})
         else:
-            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": raw["chosen"]}],
-                         "rejected": [{"role": "assistant", "content": raw["rejected"]}]})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": raw["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": raw["rejected"]}],
+                }
+            )
     return rows
 
 
@@ -64,27 +69,52 @@ def train(spec: dict, callbacks: list, trainer_hook=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     if task == "rm":
         model = AutoModelForSequenceClassification.from_pretrained(
-            spec["model_dir"], num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=dtype)
+            spec["model_dir"], num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=dtype
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype)
     lora = spec["lora"]
-    peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                             target_modules=lora["targets"], bias="none",
-                             task_type="SEQ_CLS" if task == "rm" else "CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["targets"],
+        bias="none",
+        task_type="SEQ_CLS" if task == "rm" else "CAUSAL_LM",
+    )
     dataset = Dataset.from_list(conversational_rows(spec["data_file"], spec["layout"]))
 
     config_cls, trainer_cls = trl_classes(task)
     t = spec["train"]
     config = config_cls(
-        output_dir=spec["output_dir"], max_steps=t["max_steps"], learning_rate=t["learning_rate"],
-        per_device_train_batch_size=t["batch"], gradient_accumulation_steps=1, logging_steps=t["logging_steps"],
-        lr_scheduler_type=t["lr_scheduler_type"], warmup_steps=t["warmup_steps"], max_grad_norm=t["max_grad_norm"],
-        weight_decay=t["weight_decay"], gradient_checkpointing=t["gradient_checkpointing"], bf16=bf16, fp16=False,
-        seed=t["seed"], data_seed=t["seed"], save_strategy="no", report_to="none", max_length=t["max_length"],
+        output_dir=spec["output_dir"],
+        max_steps=t["max_steps"],
+        learning_rate=t["learning_rate"],
+        per_device_train_batch_size=t["batch"],
+        gradient_accumulation_steps=1,
+        logging_steps=t["logging_steps"],
+        lr_scheduler_type=t["lr_scheduler_type"],
+        warmup_steps=t["warmup_steps"],
+        max_grad_norm=t["max_grad_norm"],
+        weight_decay=t["weight_decay"],
+        gradient_checkpointing=t["gradient_checkpointing"],
+        bf16=bf16,
+        fp16=False,
+        seed=t["seed"],
+        data_seed=t["seed"],
+        save_strategy="no",
+        report_to="none",
+        max_length=t["max_length"],
         **spec["task_args"],
     )
-    trainer = trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=callbacks)
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     if trainer_hook is not None:
         trainer_hook(trainer)
     trainer.train()

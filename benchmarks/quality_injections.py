@@ -35,17 +35,29 @@ STYLES = {
 # Similar trainable-parameter budgets on the tiny Qwen3 (printed in the table).
 STRATEGIES = {
     "dense_lora": ["injection=dense_lora", "injection.r=16"],
-    "mixture_lora": ["injection=mixture_lora", "injection.num_experts=4", "injection.r=4", "injection.top_k=2",
-                     "injection.aux_loss_coef=0.01"],
-    "moe_expert_lora": ["injection=moe_expert_lora", "injection.num_experts=8", "injection.top_k=2",
-                        "injection.r=2", "injection.attn_target_keywords=[q_proj,k_proj,v_proj,o_proj]"],
+    "mixture_lora": [
+        "injection=mixture_lora",
+        "injection.num_experts=4",
+        "injection.r=4",
+        "injection.top_k=2",
+        "injection.aux_loss_coef=0.01",
+    ],
+    "moe_expert_lora": [
+        "injection=moe_expert_lora",
+        "injection.num_experts=8",
+        "injection.top_k=2",
+        "injection.r=2",
+        "injection.attn_target_keywords=[q_proj,k_proj,v_proj,o_proj]",
+    ],
 }
 
 
 def styled_rows(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"prompt": r["prompt"], "response": STYLES[r["family"]].format(r["answer"]), "family": r["family"]}
-            for r in rows]
+    return [
+        {"prompt": r["prompt"], "response": STYLES[r["family"]].format(r["answer"]), "family": r["family"]}
+        for r in rows
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -84,10 +96,19 @@ def main() -> None:
     for seed in args.seeds:
         for name, overrides in STRATEGIES.items():
             started = time.time()
-            final = run_stage(f"{name}-seed{seed}", [
-                *harness.demo_stage_overrides("sft", f"data.path={train_file}", f"task.num_train_epochs={args.epochs}"),
-                *([f"task.learning_rate={args.lr}"] if args.lr else []), f"seed={seed}", *overrides,
-            ], out, base)
+            final = run_stage(
+                f"{name}-seed{seed}",
+                [
+                    *harness.demo_stage_overrides(
+                        "sft", f"data.path={train_file}", f"task.num_train_epochs={args.epochs}"
+                    ),
+                    *([f"task.learning_rate={args.lr}"] if args.lr else []),
+                    f"seed={seed}",
+                    *overrides,
+                ],
+                out,
+                base,
+            )
             seconds = time.time() - started
             model, tokenizer, info = load_for_inference(str(final))
             trainable = info.trainable_parameters
@@ -98,21 +119,38 @@ def main() -> None:
                 / max(1, sum(r["family"] == fam for r in heldout))
                 for fam in STYLES
             }
-            results.append({"strategy": name, "seed": seed, "accuracy": sum(hits) / len(hits),
-                            "per_family": per_family, "trainable": trainable, "seconds": seconds})
+            results.append(
+                {
+                    "strategy": name,
+                    "seed": seed,
+                    "accuracy": sum(hits) / len(hits),
+                    "per_family": per_family,
+                    "trainable": trainable,
+                    "seconds": seconds,
+                }
+            )
             print(f"{name} seed {seed}: {sum(hits) / len(hits):.1%} ({seconds:.0f} s)", flush=True)
 
     lr = f"lr {args.lr}" if args.lr else "the demo recipe's lr"
-    print(f"\n{len(train_rows)} training rows, {len(heldout)} held-out prompts, {args.epochs} epochs, {lr}, "
-          f"seeds {args.seeds}\n")
+    print(
+        f"\n{len(train_rows)} training rows, {len(heldout)} held-out prompts, {args.epochs} epochs, {lr}, "
+        f"seeds {args.seeds}\n"
+    )
     table = []
     for name in STRATEGIES:
         mine = [r for r in results if r["strategy"] == name]
-        table.append((name, f"{mine[0]['trainable']:,}", f"{sum(r['accuracy'] for r in mine) / len(mine):.1%}",
-                      *(f"{sum(r['per_family'][f] for r in mine) / len(mine):.1%}" for f in STYLES),
-                      f"{sum(r['seconds'] for r in mine) / len(mine):.0f} s"))
-    print(harness.markdown_table(("strategy", "trainable params", "held-out exact match", *STYLES, "train time"),
-                                 table))
+        table.append(
+            (
+                name,
+                f"{mine[0]['trainable']:,}",
+                f"{sum(r['accuracy'] for r in mine) / len(mine):.1%}",
+                *(f"{sum(r['per_family'][f] for r in mine) / len(mine):.1%}" for f in STYLES),
+                f"{sum(r['seconds'] for r in mine) / len(mine):.0f} s",
+            )
+        )
+    print(
+        harness.markdown_table(("strategy", "trainable params", "held-out exact match", *STYLES, "train time"), table)
+    )
     (out / "quality_summary.json").write_text(json.dumps(results, indent=2))
 
 

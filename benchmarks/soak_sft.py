@@ -78,8 +78,12 @@ def summarize(samples: list[dict], warmup: int) -> dict:
         "growth_after_warmup_mb": round(last["rss_mb"] - base["rss_mb"], 1),
         # The median over sampling intervals after the warm-up: on a shared machine a few intervals stall for
         # reasons outside the run, and the first steps pay for one-off work.
-        "seconds_per_step": round(statistics.median(
-            (b["seconds"] - a["seconds"]) / (b["step"] - a["step"]) for a, b in zip(after, after[1:])), 4),
+        "seconds_per_step": round(
+            statistics.median(
+                (b["seconds"] - a["seconds"]) / (b["step"] - a["step"]) for a, b in zip(after, after[1:])
+            ),
+            4,
+        ),
     }
 
 
@@ -98,22 +102,36 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="forge-soak-")  # removed at the end
     sampler = make_sampler(args.every)
     started = time.monotonic()
-    harness.forge_train([
-        "task=sft", "data=demo_sft", f"output_dir={output_dir}", "overwrite=true", "plot=false",
-        f"task.max_steps={args.steps}", "task.per_device_train_batch_size=4", "task.logging_steps=50",
-        f"task.save_steps={args.save_steps}", "task.save_total_limit=1", "+task.trl_args.disable_tqdm=true",
-        *args.overrides,
-    ], callbacks=(sampler,), verbose=False)
+    harness.forge_train(
+        [
+            "task=sft",
+            "data=demo_sft",
+            f"output_dir={output_dir}",
+            "overwrite=true",
+            "plot=false",
+            f"task.max_steps={args.steps}",
+            "task.per_device_train_batch_size=4",
+            "task.logging_steps=50",
+            f"task.save_steps={args.save_steps}",
+            "task.save_total_limit=1",
+            "+task.trl_args.disable_tqdm=true",
+            *args.overrides,
+        ],
+        callbacks=(sampler,),
+        verbose=False,
+    )
     summary = summarize(sampler.samples, args.warmup)
     summary.update(steps=args.steps, wall_seconds=round(time.monotonic() - started, 1), overrides=args.overrides)
     if args.output_dir is None:
         shutil.rmtree(output_dir, ignore_errors=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"summary": summary, "samples": sampler.samples}, indent=1) + "\n")
-    print(f"\nRSS {summary['rss_at_warmup_mb']} MiB at step {args.warmup} -> {summary['rss_final_mb']} MiB at step "
-          f"{args.steps}: {summary['growth_after_warmup_pct']:+.2f}% ({summary['growth_after_warmup_mb']:+.1f} MiB); "
-          f"peak {summary['rss_peak_mb']} MiB; median {summary['seconds_per_step'] * 1000:.0f} ms/step; "
-          f"wall {summary['wall_seconds']} s. Samples in {args.json}")
+    print(
+        f"\nRSS {summary['rss_at_warmup_mb']} MiB at step {args.warmup} -> {summary['rss_final_mb']} MiB at step "
+        f"{args.steps}: {summary['growth_after_warmup_pct']:+.2f}% ({summary['growth_after_warmup_mb']:+.1f} MiB); "
+        f"peak {summary['rss_peak_mb']} MiB; median {summary['seconds_per_step'] * 1000:.0f} ms/step; "
+        f"wall {summary['wall_seconds']} s. Samples in {args.json}"
+    )
     return 1 if summary["growth_after_warmup_pct"] > args.max_growth else 0
 
 

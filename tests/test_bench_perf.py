@@ -38,8 +38,12 @@ def test_summary_counts_tokens_of_the_timed_steps_only():
 def test_real_tokens_of_padded_preference_and_padding_free_batches():
     padded = {"input_ids": torch.ones(2, 4), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}
     assert harness.count_real_tokens(padded) == 5
-    orpo = {"prompt_attention_mask": torch.ones(2, 2), "chosen_attention_mask": torch.tensor([[1, 1, 1]] * 2),
-            "rejected_attention_mask": torch.tensor([[1, 1, 0]] * 2), "chosen_input_ids": torch.ones(2, 3)}
+    orpo = {
+        "prompt_attention_mask": torch.ones(2, 2),
+        "chosen_attention_mask": torch.tensor([[1, 1, 1]] * 2),
+        "rejected_attention_mask": torch.tensor([[1, 1, 0]] * 2),
+        "chosen_input_ids": torch.ones(2, 3),
+    }
     assert harness.count_real_tokens(orpo) == 10  # the prompt mask is inside the chosen/rejected masks
     flat = {"input_ids": torch.ones(1, 37), "position_ids": torch.zeros(1, 37)}
     assert harness.count_real_tokens(flat) == 37
@@ -58,13 +62,20 @@ def test_forge_own_work_counts_callback_hooks_in_full_and_other_forge_code_by_se
 
 def test_ratios_verdicts_and_table():
     results = {
-        "forge-sft": dict(implementation="forge_trl", median_step_s=0.102, tokens_per_s=1000.0, peak_bytes=3 * 2**30,
-                          timed_steps=5, own_cores=1.9, other_cores=0.0),
-        "plain-sft": dict(implementation="plain TRL", median_step_s=0.1, tokens_per_s=1020.0, peak_bytes=3 * 2**30,
-                          timed_steps=5),
+        "forge-sft": dict(
+            implementation="forge_trl",
+            median_step_s=0.102,
+            tokens_per_s=1000.0,
+            peak_bytes=3 * 2**30,
+            timed_steps=5,
+            own_cores=1.9,
+            other_cores=0.0,
+        ),
+        "plain-sft": dict(
+            implementation="plain TRL", median_step_s=0.1, tokens_per_s=1020.0, peak_bytes=3 * 2**30, timed_steps=5
+        ),
         "forge-dpo": dict(implementation="forge_trl", median_step_s=0.2, peak_bytes=4 * 2**30, timed_steps=5),
-        "forge-dpo-split": dict(implementation="forge_trl", median_step_s=0.23, peak_bytes=3.3 * 2**30,
-                                timed_steps=5),
+        "forge-dpo-split": dict(implementation="forge_trl", median_step_s=0.23, peak_bytes=3.3 * 2**30, timed_steps=5),
         "forge-ppo": dict(error="see log"),
     }
     rows = bench_perf.compute_ratios(["sft", "memory", "orpo"], results)
@@ -82,8 +93,9 @@ def test_ratios_verdicts_and_table():
     assert bench_perf.verdict(1.05, 1.03, "max", noise=0.08) == "MISSED, within the ±8% process-to-process spread"
     assert bench_perf.verdict(1.05, 1.03, "max", noise=0.02) == "MISSED"
     assert bench_perf.process_spread({"process_medians_s": [0.09, 0.1, 0.11]}) == pytest.approx(0.1)
-    results["forge-sft-profiled"] = dict(implementation="forge_trl under cProfile", median_step_s=0.2,
-                                         forge_own_s=0.0005)
+    results["forge-sft-profiled"] = dict(
+        implementation="forge_trl under cProfile", median_step_s=0.2, forge_own_s=0.0005
+    )
     own = {r["label"]: r for r in bench_perf.compute_ratios(["sft"], results)}
     assert own["(plain TRL step + forge's own work) / plain TRL step, SFT"]["value"] == pytest.approx(1.005)
     tiny = {r["label"]: r for r in bench_perf.compute_ratios(["memory"], results, "tiny")}
@@ -99,10 +111,33 @@ def test_ratios_verdicts_and_table():
 def test_one_tiny_pair_runs_end_to_end(tmp_path, forge_cache):
     out = tmp_path / "perf.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_perf", "--size", "tiny", "--cases", "sft,gpu",
-         "--steps", "2", "--warmup", "1", "--batch", "2", "--seq-len", "32", "--repeats", "1",
-         "--workdir", str(tmp_path), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_perf",
+            "--size",
+            "tiny",
+            "--cases",
+            "sft,gpu",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "2",
+            "--seq-len",
+            "32",
+            "--repeats",
+            "1",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -142,12 +177,16 @@ def test_counting_collator_counts_real_tokens_and_keeps_the_collators_attributes
 
 
 def test_run_logged_reports_the_childs_peak_rss_and_its_failure(tmp_path):
-    done = harness.run_logged([sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
-                              tmp_path / "ok.log", "alloc")
+    done = harness.run_logged(
+        [sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
+        tmp_path / "ok.log",
+        "alloc",
+    )
     assert done.peak_rss >= 300 * 2**20 and done.wall_s > 0
     with pytest.raises(harness.RunFailed, match="exit 3.*\n.*boom"):
-        harness.run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "bad.log",
-                           "bad")
+        harness.run_logged(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "bad.log", "bad"
+        )
 
 
 def test_markdown_table():
@@ -188,8 +227,14 @@ def test_naive_expert_loop_computes_what_moe_expert_lora_computes(forge_cache):
 
     source = resolve_source("forge-tiny")
     settings = {"name": "moe_expert_lora", "num_experts": 4, "top_k": 2, "r": 4}
-    model = load_injected(source, get_injection("moe_expert_lora").from_settings(settings), "causal_lm",
-                          ModelConfig(dtype="float32"), "fp32", load_tokenizer(source.tokenizer_path))
+    model = load_injected(
+        source,
+        get_injection("moe_expert_lora").from_settings(settings),
+        "causal_lm",
+        ModelConfig(dtype="float32"),
+        "fp32",
+        load_tokenizer(source.tokenizer_path),
+    )
     model.eval()
     for name, p in model.named_parameters():
         if "lora_" in name and "_B" in name:
