@@ -1,8 +1,15 @@
-"""Multi-process runs (`accelerate launch`, `torchrun`): which process is the main one, and the barrier.
+"""Multi-process runs (`accelerate launch`, `torchrun`): process roles, sharding on CPU, gathering, failures.
 
 A run launched with N processes executes `train.run` N times. Every process trains; only the main process writes
 the run's files (metrics.jsonl, loss.png, final/), and the others wait for it before they return, so that every
 process can read `final/` once `run` returns. Logging from forge is kept to warnings on the other processes.
+
+The engine is accelerate's: DDP (`conf/accelerate/ddp.yaml`, `cpu_2proc.yaml`) or FSDP2 (`fsdp2.yaml`, torch's
+`fully_shard`, one unit per decoder layer). forge adds three things around it:
+- on a machine without GPUs, the launched processes form a gloo group (`prefer_cpu_backend`), and an FSDP launch
+  really shards there (`accelerate_fsdp_on_cpu`) instead of silently running DDP, as accelerate 1.15 would;
+- `full_state_dict` gathers sharded weights so that final/ is written in the one-process format;
+- a bounded collective timeout, and one line instead of a traceback when a peer process fails.
 
 Accelerate's `PartialState` owns the process group; TrainingArguments later re-creates the same state over the
 already-initialised group, so creating it here first changes nothing for the trainer.
@@ -10,13 +17,18 @@ already-initialised group, so creating it here first changes nothing for the tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Callable, TypeVar
+import signal
+import sys
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 CPU_FLAG = "ACCELERATE_USE_CPU"
+FSDP_FLAG = "ACCELERATE_USE_FSDP"
+DEEPSPEED_FLAG = "ACCELERATE_USE_DEEPSPEED"
 
 
 def launched_world_size() -> int:
@@ -28,6 +40,14 @@ def launched_world_size() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 0
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -37,11 +57,15 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
 def prefer_cpu_backend() -> bool:
     """On a machine without GPUs, make a multi-process launch train on CPU over gloo.
 
-    `accelerate launch --multi_gpu` (or a MULTI_GPU config) starts the processes through torchrun but does not
-    tell them to use the CPU; accelerate then finds no device backend and every process silently trains alone,
+    `accelerate launch --multi_gpu` (or a MULTI_GPU/FSDP config) starts the processes through torchrun but does
+    not tell them to use the CPU; accelerate then finds no device backend and every process silently trains alone,
     each believing it is the main process. Setting the CPU flag before the first PartialState turns that into
     one gloo process group. Returns whether the flag was set here."""
     if launched_world_size() <= 1 or os.environ.get(CPU_FLAG) or _has_accelerator():
@@ -50,62 +74,108 @@ def prefer_cpu_backend() -> bool:
     return True
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
-
-
-def _deepspeed_zero_stage() -> int | None:
-    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    if stage and stage.isdigit():
-        return int(stage)
-    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if config_file and os.path.isfile(config_file):
-        import json
-
-        with open(config_file, encoding="utf-8") as handle:
-            stage = json.load(handle).get("zero_optimization", {}).get("stage")
-        return int(stage) if isinstance(stage, int) else None
-    return None
+def fsdp_requested() -> bool:
+    """The launch asked for FSDP (`distributed_type: FSDP` in the accelerate config)."""
+    return _flag(FSDP_FLAG) and launched_world_size() > 1
 
 
 def check_launch() -> None:
     """Refuse the launches forge would run wrongly, before any model loads (every process raises the same)."""
     from forge_trl.errors import ConfigError
 
-    fsdp, deepspeed = _flag("ACCELERATE_USE_FSDP"), _flag("ACCELERATE_USE_DEEPSPEED")
-    if launched_world_size() > 1 and (fsdp or deepspeed) and not _has_accelerator():
-        # accelerate only shards on GPUs; on CPU it would quietly fall back to plain data parallelism.
+    if _flag(DEEPSPEED_FLAG):
+        # Not an engine forge tests: its ZeRO-3 partitions weights outside torch's state-dict API that final/ is
+        # gathered with, and accelerate runs it on GPUs only. FSDP2 covers the same ground (ZeRO-3-like sharding).
         raise ConfigError(
-            f"{'FSDP' if fsdp else 'DeepSpeed'} needs GPUs and none is visible; for a multi-process CPU run use "
-            "`accelerate launch --config_file conf/accelerate/cpu_2proc.yaml`"
-        )
-    if fsdp or (deepspeed and _deepspeed_zero_stage() == 3):
-        # final/ is written by the main process from the model's live parameters (Injection.save). Under FSDP and
-        # ZeRO-3 those hold only this process's shard, so the checkpoint would be wrong; gathering them first is
-        # not implemented yet.
-        raise ConfigError(
-            f"{'FSDP' if fsdp else 'DeepSpeed ZeRO-3'} shards the weights and forge_trl cannot write final/ from "
-            "sharded weights yet; use conf/accelerate/ddp.yaml (LoRA) or zero2.yaml (full-parameter) instead"
+            "DeepSpeed launches are not supported by forge_trl; for sharded training use "
+            "`accelerate launch --config_file conf/accelerate/fsdp2.yaml` (FSDP2: weights, gradients and optimizer "
+            "state sharded), or ddp.yaml"
         )
 
 
-def state():
+@contextlib.contextmanager
+def accelerate_fsdp_on_cpu() -> Iterator[None]:
+    """While the trainer creates its Accelerator, let an FSDP launch on CPU processes become FSDP.
+
+    accelerate 1.15 turns `ACCELERATE_USE_FSDP` into its FSDP mode only for device process groups (its
+    AcceleratorState checks for MULTI_GPU and friends); on CPU processes it keeps MULTI_CPU and the run quietly
+    becomes plain data parallelism with a whole model per process. torch's `fully_shard` itself runs on CPU over
+    gloo, so the state is shown as a device group for the moment the Accelerator reads it, then put back. Everything
+    after that (sharding per decoder layer, gradient reduce-scatter, DCP checkpoints) is accelerate's own FSDP2
+    path. No-op on GPUs and without an FSDP launch."""
+    if not fsdp_requested() or _has_accelerator():
+        yield
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    partial = PartialState()
+    kept = partial.distributed_type
+    partial.distributed_type = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:
+        partial.distributed_type = kept
+
+
+def state(timeout_s: float | None = None):
     """The process group's state (created on first use; a single process gets a trivial one)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=_flag(CPU_FLAG))
+    if timeout_s is None or PartialState._shared_state:
+        return PartialState(cpu=_flag(CPU_FLAG))
+    from datetime import timedelta
+
+    return PartialState(cpu=_flag(CPU_FLAG), timeout=timedelta(seconds=timeout_s))
 
 
-def setup() -> None:
+def _stopped_by_launcher(signum, frame) -> None:
+    print(
+        f"forge_trl: rank {launched_rank()}: stopped by the launcher (signal {signum}): another process of this "
+        "launch failed or was stopped, its error is above. Relaunch with resume=true to continue from the newest "
+        "complete checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(128 + signum)
+
+
+def setup(timeout_s: float = 1800) -> None:
     """Call once at the start of a run, before anything is logged or written."""
     check_launch()
     if prefer_cpu_backend():
         logging.getLogger("forge_trl").debug(
             "no GPU: %d launched processes train on CPU over gloo", launched_world_size()
         )
-    if launched_world_size() > 1 and not state().is_main_process:
+    if launched_world_size() <= 1:
+        return
+    group = state(timeout_s)  # every collective of the run waits at most timeout_s for its peers
+    if not group.is_main_process:
         # Every process would otherwise repeat each info line; warnings and errors still show from all of them.
         logging.getLogger("forge_trl").setLevel(logging.WARNING)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # torchrun stops the surviving processes with SIGTERM when one fails: one line each, and `finally` blocks
+        # (the output_dir lock, a staged checkpoint) still run.
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """One line for an error that means another process of the launch died or hung, else None."""
+    if launched_world_size() <= 1:
+        return None
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Gloo", "gloo", "timed out")
+    )
+    if not lost:
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    return (
+        f"forge_trl: rank {launched_rank()}: lost contact with another process of this launch ({first}); "
+        "relaunch with resume=true to continue from the newest complete checkpoint"
+    )
 
 
 def is_main_process() -> bool:
@@ -129,3 +199,72 @@ def on_main_then_wait(write: Callable[[], T]) -> T | None:
         return write() if is_main_process() else None
     finally:
         wait_for_everyone()
+
+
+def is_sharded(model) -> bool:
+    """Whether `model`'s parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(model) -> dict | None:
+    """The whole, unsharded state dict of an FSDP2-sharded `model`, on the main process, on CPU.
+
+    A collective: every process must call it. Returns None on the other processes, and everywhere when `model` is
+    not sharded (then its live parameters are already whole). Keys are the model's own (`state_dict()`) names."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # cpu_offload: each gathered tensor moves to CPU as it is assembled, and only rank 0 keeps them.
+    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return gathered if is_main_process() else None
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+LAUNCH_FILE = "forge_launch.json"
+SHARDED_WEIGHTS_DIR = "pytorch_model_fsdp_0"  # accelerate's DCP directory inside a sharded checkpoint
+
+
+def launch_record() -> dict:
+    """How this run is launched, as stored in each checkpoint it writes."""
+    return {"processes": launched_world_size(), "fsdp": fsdp_requested()}
+
+
+def write_launch_record(directory) -> None:
+    import json
+    from pathlib import Path
+
+    (Path(directory) / LAUNCH_FILE).write_text(json.dumps(launch_record()), encoding="utf-8")
+
+
+def check_resume_launch(checkpoint) -> None:
+    """Refuse to resume `checkpoint` under a launch that cannot continue it exactly.
+
+    A checkpoint holds one RNG state and one data position per process and, when sharded, DCP shards whose
+    optimizer state matches the sharded layout; a different process count would change the global batch and the
+    sample order, so it stops here rather than continuing a different run."""
+    import json
+    from pathlib import Path
+
+    from forge_trl.errors import ConfigError
+
+    path = Path(checkpoint)
+    sharded = (path / SHARDED_WEIGHTS_DIR).is_dir()
+    record_file = path / LAUNCH_FILE
+    saved = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else None
+    now = launch_record()
+    if saved is not None and saved.get("processes") != now["processes"]:
+        raise ConfigError(
+            f"resume: {path} was written by {saved.get('processes')} process(es) and this launch has "
+            f"{now['processes']}; resume with --num_processes {saved.get('processes')} (the per-process data "
+            "position and RNG state cannot be redistributed)"
+        )
+    if sharded and not now["fsdp"]:
+        raise ConfigError(
+            f"resume: {path} is a sharded FSDP2 checkpoint (DCP); resume it under the same launch: "
+            "accelerate launch --config_file conf/accelerate/fsdp2.yaml"
+        )
+    if saved is not None and saved.get("fsdp") and not sharded and not now["fsdp"]:
+        raise ConfigError(f"resume: {path} was written by an FSDP2 launch; resume it under the same launch")

@@ -96,6 +96,7 @@ def resolve_resume(resume: str | None, output_dir: Path) -> str | None:
                 "resume from an earlier checkpoint-N"
             )
     refuse_pickle_weights(chosen, "resume checkpoint")
+    distributed.check_resume_launch(chosen)
     log.info("resuming from %s", chosen)
     return str(chosen)
 
@@ -134,7 +135,8 @@ def run(raw_cfg, extra_callbacks: tuple = (), trainer_hook=None) -> Path:
     `trainer_hook`, if given, is called with the built trainer right before training starts; `benchmarks/` uses
     it to wrap the trainer's data collator and count real tokens per step. Nothing in forge_trl passes it."""
     cfg = to_typed(raw_cfg)
-    distributed.setup()  # before anything is logged: under `accelerate launch` only rank 0 logs info lines
+    # Before anything is logged (under `accelerate launch` only rank 0 logs info lines), and before any collective.
+    distributed.setup(cfg.distributed_timeout_s)
     task = get_task(cfg.task.name)()
 
     # Preflight: everything that can be checked without weights fails here, before a model loads.
@@ -236,10 +238,14 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
         reward_model=str(Path(reward_path).expanduser().resolve()) if reward_path else None,
     )
 
+    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering the whole
+    # state dict onto the main process, which writes final/ from it in the same format as a one-process run.
+    gathered = distributed.full_state_dict(trained)
+
     def write_outputs() -> None:
         final = write_final(
             output_dir,
-            save_weights=lambda tmp: injection.save(trained, tmp),
+            save_weights=lambda tmp: injection.save(trained, tmp, state_dict=gathered),
             tokenizer=tokenizer,
             resolved_config_yaml=OmegaConf.to_yaml(raw_cfg, resolve=True),
             run_info=run_info,
@@ -249,13 +255,14 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
             plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
         log.info("wrote %s", final)
 
-    # Every process holds the same weights after training (DDP); one writes them, the rest wait until final/ exists.
+    # One process writes final/, the rest wait until it exists.
     distributed.on_main_then_wait(write_outputs)
     final = output_dir / "final"
     from forge_trl.bench.runner import bench_after_training
 
-    if bench_after_training(cfg.bench):
+    if bench_after_training(cfg.bench) and distributed.is_main_process():
+        # The bench reads final/ from disk in this one process; the others are done and need not wait for it.
         from forge_trl.bench.runner import run_bench
 
-        distributed.on_main_then_wait(lambda: run_bench([str(final)], cfg.bench, cfg.bench.out or output_dir))
+        run_bench([str(final)], cfg.bench, cfg.bench.out or output_dir)
     return final

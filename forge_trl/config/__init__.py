@@ -253,6 +253,9 @@ class ForgeConfig:
     # Optimizer steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 5
     seed: int = 42
+    # Multi-process runs: how long a process waits in a collective (all-reduce, barrier) before it gives up with
+    # an error, e.g. for a peer that hangs. A peer that dies is noticed at once; this bounds the other cases.
+    distributed_timeout_s: int = 1800
     # auto: bf16 where the hardware supports it, fp32 on CPU.
     precision: str = "auto"
     # Where the trainer reports metrics besides metrics.jsonl (`none`, `tensorboard`, `wandb`, ...).
@@ -266,6 +269,11 @@ class ForgeConfig:
         require(self.precision in PRECISIONS, "precision", f"expected {'|'.join(PRECISIONS)}, got '{self.precision}'")
         require(
             self.max_nonfinite_steps > 0, "max_nonfinite_steps", f"must be positive, got {self.max_nonfinite_steps}"
+        )
+        require(
+            self.distributed_timeout_s > 0,
+            "distributed_timeout_s",
+            f"must be a positive number of seconds, got {self.distributed_timeout_s}",
         )
 
 

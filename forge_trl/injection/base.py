@@ -86,8 +86,12 @@ class Injection(ABC, Generic[ConfigT]):
         """Group name -> names of the parameters in it (trainable or not)."""
 
     @abstractmethod
-    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
-        """Write the weights this strategy owns into `out_dir` (safetensors only)."""
+    def save(self, model: torch.nn.Module, out_dir: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the weights this strategy owns into `out_dir` (safetensors only).
+
+        `state_dict`, when given, is the model's whole state dict (names as in `model.state_dict()`) and is the
+        source of the values instead of the live parameters: a sharded (FSDP2) model's live parameters are only
+        this process's shards, so the run gathers them first (`forge_trl.distributed.full_state_dict`)."""
 
     @abstractmethod
     def load_weights(self, model: torch.nn.Module, ckpt_dir: Path) -> None:

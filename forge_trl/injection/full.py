@@ -37,8 +37,8 @@ class FullInjection(Injection[FullConfig]):
             groups["score" if name.startswith("score.") else "base"].append(name)
         return {k: v for k, v in groups.items() if v}
 
-    def save(self, model, out_dir: Path) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, model, out_dir: Path, state_dict=None) -> None:
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
 
     def load_weights(self, model, ckpt_dir: Path) -> None:
         # A full checkpoint is loaded as the base model itself; there is no separate delta.

@@ -158,18 +158,20 @@ class PeftInjection(Injection[LoraConfigT]):
     # Base weights trained by `base_ffn` phases live outside the adapter; a checkpoint carries them beside it.
     carries_base_ffn = False
 
-    def save(self, model, out_dir: Path) -> None:
-        self._save_base_ffn(model, Path(out_dir))
+    def save(self, model, out_dir: Path, state_dict=None) -> None:
+        self._save_base_ffn(model, Path(out_dir), state_dict)
         if self.standard_peft:
-            model.save_pretrained(out_dir, selected_adapters=[ADAPTER_NAME], safe_serialization=True)
+            model.save_pretrained(
+                out_dir, selected_adapters=[ADAPTER_NAME], safe_serialization=True, state_dict=state_dict
+            )
             return
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+        state = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=ADAPTER_NAME)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(out_dir) / ADAPTER_FILE))
 
-    def _save_base_ffn(self, model, out_dir: Path) -> None:
+    def _save_base_ffn(self, model, out_dir: Path, state_dict=None) -> None:
         """The FFN base weights, when this run trained them (or inherited trained ones from its checkpoint)."""
         from safetensors.torch import save_file
 
@@ -177,7 +179,7 @@ class PeftInjection(Injection[LoraConfigT]):
 
         if not (self.carries_base_ffn or self.trains_base_weights):
             return
-        params = dict(model.named_parameters())
+        params = state_dict if state_dict is not None else dict(model.named_parameters())
         names = self.parameter_groups(model).get("base_ffn", [])
         save_file({n: params[n].detach().contiguous().cpu() for n in names}, str(out_dir / EXTRA_TRAINABLE_FILE))
 

@@ -9,10 +9,11 @@ the next class's `__init__`), never as a flag set afterwards:
 | `NonFiniteGuardMixin`         | `max_nonfinite_steps`| skip optimizer steps with non-finite gradients        |
 | `AtomicCheckpointMixin`       | -                    | `checkpoint-N/` complete or absent; base_ffn weights  |
 | `PretokenizedPreferenceMixin` | -                    | train DPO from a `forge-trl preprocess` cache          |
+| `ShardedLaunchMixin`          | -                    | an FSDP launch shards on CPU processes too             |
 | `SplitPairsMixin` (split_pairs.py) | `split_pairs`   | chosen and rejected through the policy one at a time  |
 | `PackedRowsMixin` (packing.py)     | `packed_rows`   | packed rows without flash attention                   |
 
-`ForgeTrainerMixin` bundles the first three, which every trainer gets; the named trainer classes in this package
+`ForgeTrainerMixin` bundles the first three and `ShardedLaunchMixin`, which every trainer gets; the named trainer classes in this package
 (`ForgeDPOTrainer`, ...) put it in front of TRL's trainer.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from forge_trl.distributed import write_launch_record
 from forge_trl.files import is_storage_failure, publish, storage_error
 from forge_trl.injection.base import EXTRA_TRAINABLE_FILE, restore_named_parameters
 from forge_trl.injection.routing import RoutingRecorder
@@ -142,6 +144,7 @@ class AtomicCheckpointMixin(TrainerBase):
             super()._save_checkpoint(model, trial)
             self._staging = None
             if self.args.should_save:
+                write_launch_record(staged)
                 self._save_extra_trainable(staged)
                 self._point_best_checkpoint_at(run_dir, staged)
             self.accelerator.wait_for_everyone()
@@ -181,7 +184,10 @@ class AtomicCheckpointMixin(TrainerBase):
         not named `lora_` is taken, so a `modules_to_save` head is stored twice; it is small.)"""
         from peft import PeftModel
 
-        if not isinstance(model, PeftModel) or self.optimizer is None:
+        from forge_trl.distributed import is_sharded
+
+        if not isinstance(model, PeftModel) or self.optimizer is None or is_sharded(model):
+            # Sharded (FSDP2), the checkpoint is a DCP directory holding every weight, these included.
             return {}
         optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         return {name: p for name, p in model.named_parameters() if id(p) in optimized and "lora_" not in name}
@@ -213,5 +219,16 @@ class PretokenizedPreferenceMixin(TrainerBase):
         return super()._prepare_dataset(dataset, *args, **kwargs)
 
 
-class ForgeTrainerMixin(RoutingMixin, NonFiniteGuardMixin, AtomicCheckpointMixin):
+class ShardedLaunchMixin(TrainerBase):
+    """Under `accelerate launch --config_file conf/accelerate/fsdp2.yaml` on CPU processes, shard with FSDP2 as
+    on GPUs (see `forge_trl.distributed.accelerate_fsdp_on_cpu`); any other launch is left as it is."""
+
+    def create_accelerator_and_postprocess(self):
+        from forge_trl.distributed import accelerate_fsdp_on_cpu
+
+        with accelerate_fsdp_on_cpu():
+            return super().create_accelerator_and_postprocess()
+
+
+class ForgeTrainerMixin(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, AtomicCheckpointMixin):
     """What every forge trainer adds to its TRL trainer."""
