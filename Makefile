@@ -68,17 +68,29 @@ clean:
 	rm -rf outputs multirun .pytest_cache
 
 # ---- multi-process launches (accelerate): begin --------------------------------------------------------------
-# make train-ddp ARGS="task=sft model=qwen3_0_6b" NPROC=4   one process per GPU, configs in conf/accelerate/
-# make train-cpu2 ARGS="task=sft task.max_steps=20"         two CPU processes over gloo, no GPU needed
-# train-fsdp2 and train-zero3 are refused by forge_trl for now (final/ cannot be written from sharded weights).
+# make train-ddp ARGS="task=sft model=qwen3_0_6b" NPROC=4     DDP, one process per GPU (configs in conf/accelerate/)
+# make train-fsdp2 ARGS="task=sft model=qwen3_0_6b" NPROC=4   FSDP2: weights, gradients, optimizer state sharded
+# make train-cpu2 ARGS="task=sft task.max_steps=20"           two CPU processes over gloo (DDP), no GPU needed
+# make train-cpu2-fsdp2 ARGS="task=sft task.max_steps=20"     two CPU processes, FSDP2, no GPU needed
+# Multi-node, FSDP2: the same command on every machine, MACHINE_RANK 0..NNODES-1, MAIN_IP the address of machine 0,
+# NPROC the total number of processes (machines x GPUs each); output_dir must be on storage all machines share:
+# make train-multinode NNODES=2 NPROC=16 MACHINE_RANK=0 MAIN_IP=10.0.0.1 ARGS="task=sft output_dir=/shared/sft"
 NPROC ?= 2
+NNODES ?= 2
+MACHINE_RANK ?= 0
+MAIN_IP ?= 127.0.0.1
+MAIN_PORT ?= 29500
 ARGS ?=
 ACCELERATE := $(VENV)/bin/accelerate
 
-.PHONY: train-cpu2 train-ddp train-fsdp2 train-zero2 train-zero3
+.PHONY: train-cpu2 train-cpu2-fsdp2 train-ddp train-fsdp2 train-multinode
 
 train-cpu2: $(STAMP)
 	OMP_NUM_THREADS=1 $(ACCELERATE) launch --config_file conf/accelerate/cpu_2proc.yaml -m forge_trl $(ARGS)
+
+train-cpu2-fsdp2: $(STAMP)
+	OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES= $(ACCELERATE) launch --config_file conf/accelerate/fsdp2.yaml \
+		--num_processes 2 -m forge_trl $(ARGS)
 
 train-ddp: $(STAMP)
 	$(ACCELERATE) launch --config_file conf/accelerate/ddp.yaml --num_processes $(NPROC) -m forge_trl $(ARGS)
@@ -86,9 +98,8 @@ train-ddp: $(STAMP)
 train-fsdp2: $(STAMP)
 	$(ACCELERATE) launch --config_file conf/accelerate/fsdp2.yaml --num_processes $(NPROC) -m forge_trl $(ARGS)
 
-train-zero2: $(STAMP)
-	$(ACCELERATE) launch --config_file conf/accelerate/zero2.yaml --num_processes $(NPROC) -m forge_trl $(ARGS)
-
-train-zero3: $(STAMP)
-	$(ACCELERATE) launch --config_file conf/accelerate/zero3.yaml --num_processes $(NPROC) -m forge_trl $(ARGS)
+train-multinode: $(STAMP)
+	$(ACCELERATE) launch --config_file conf/accelerate/multinode.yaml --num_machines $(NNODES) \
+		--num_processes $(NPROC) --machine_rank $(MACHINE_RANK) --main_process_ip $(MAIN_IP) \
+		--main_process_port $(MAIN_PORT) -m forge_trl $(ARGS)
 # ---- multi-process launches (accelerate): end ----------------------------------------------------------------

@@ -100,9 +100,11 @@ def accelerate_fsdp_on_cpu() -> Iterator[None]:
     accelerate 1.15 turns `ACCELERATE_USE_FSDP` into its FSDP mode only for device process groups (its
     AcceleratorState checks for MULTI_GPU and friends); on CPU processes it keeps MULTI_CPU and the run quietly
     becomes plain data parallelism with a whole model per process. torch's `fully_shard` itself runs on CPU over
-    gloo, so the state is shown as a device group for the moment the Accelerator reads it, then put back. Everything
-    after that (sharding per decoder layer, gradient reduce-scatter, DCP checkpoints) is accelerate's own FSDP2
-    path. No-op on GPUs and without an FSDP launch."""
+    gloo, so the process state is shown as a device group while the Accelerator reads it, and as FSDP afterwards:
+    every later `AcceleratorState()` copies the process state's type again, and FSDP is what it must keep reading
+    (FSDP takes the same barrier/gather paths as the CPU group in accelerate). Everything after that (sharding per
+    decoder layer, gradient reduce-scatter, DCP checkpoints) is accelerate's own FSDP2 path. No-op on GPUs and
+    without an FSDP launch."""
     if not fsdp_requested() or _has_accelerator():
         yield
         return
@@ -110,12 +112,11 @@ def accelerate_fsdp_on_cpu() -> Iterator[None]:
     from accelerate.utils import DistributedType
 
     partial = PartialState()
-    kept = partial.distributed_type
     partial.distributed_type = DistributedType.MULTI_GPU
     try:
         yield
     finally:
-        partial.distributed_type = kept
+        partial.distributed_type = DistributedType.FSDP
 
 
 def state(timeout_s: float | None = None):
@@ -167,11 +168,16 @@ def peer_failure(exc: BaseException) -> str | None:
 
     text = str(exc)
     lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
-        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Gloo", "gloo", "timed out")
+        marker in text
+        for marker in ("Connection closed by peer", "Connection reset by peer", "Gloo", "gloo", "timed out")
     )
     if not lost:
         return None
-    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    import re
+
+    # gloo prefixes its messages with a source location ("[.../pair.cc:537] Read error ...").
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]) if text.strip() else type(exc).__name__
+    first = first.split(". ")[0][:160]
     return (
         f"forge_trl: rank {launched_rank()}: lost contact with another process of this launch ({first}); "
         "relaunch with resume=true to continue from the newest complete checkpoint"
@@ -268,3 +274,25 @@ def check_resume_launch(checkpoint) -> None:
         )
     if saved is not None and saved.get("fsdp") and not sharded and not now["fsdp"]:
         raise ConfigError(f"resume: {path} was written by an FSDP2 launch; resume it under the same launch")
+
+
+# ----------------------------------------------------------------------------------------------- collectives
+def group_size() -> int:
+    """Processes in the initialised process group (1 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_processes(tensor):
+    """`tensor` summed over the processes of the run, in place and returned (unchanged in one process).
+    A collective: every process calls it at the same point."""
+    import torch.distributed as dist
+
+    if group_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def mean_over_processes(tensor):
+    return sum_over_processes(tensor).div_(group_size())

@@ -221,6 +221,13 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
             log.warning("the last logged loss is %s", last_loss)
 
     trained = trainer.model
+    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering the whole
+    # state dict onto the main process, which writes final/ from it in the same format as a one-process run.
+    sharded = distributed.is_sharded(trained)
+    gathered = distributed.full_state_dict(trained)
+    if sharded:
+        log.info("FSDP2: gathered the weights of %d processes for final/", distributed.group_size())
+
     reward_model = getattr(cfg.task, "reward_model", None)  # only the RL tasks (ppo, grpo, rloo) have one
     reward_path = reward_model.checkpoint_path if reward_model is not None else None
     run_info = RunInfo(
@@ -236,11 +243,8 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
         metrics=metrics,
         data=data.stats,
         reward_model=str(Path(reward_path).expanduser().resolve()) if reward_path else None,
+        launch={"processes": distributed.group_size(), "sharded": sharded},
     )
-
-    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering the whole
-    # state dict onto the main process, which writes final/ from it in the same format as a one-process run.
-    gathered = distributed.full_state_dict(trained)
 
     def write_outputs() -> None:
         final = write_final(

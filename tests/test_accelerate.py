@@ -8,95 +8,41 @@ micro-batches; SFT normalises its loss by the token count gathered over all rank
 the logged loss is the mean over ranks. Dropout is off so the two runs draw no random numbers that could differ.
 
 Also: only rank 0 writes metrics.jsonl and final/, the shipped launch configs parse with accelerate's own loader
-and launcher logic, and the launches forge cannot run correctly (FSDP, ZeRO-3, PPO) are refused with a message.
+and launcher logic, none of them is refused, and a DeepSpeed launch is refused with the FSDP2 alternative. FSDP2
+and multi-node runs are tested in tests/test_scale_out.py.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from forge_trl.commands.compose import compose
 from forge_trl.models.run_info import read_run_info
-from forge_trl.train import run
 from forge_trl.trainers.callbacks import read_metrics
+from tests.launch_support import (
+    CONFIGS,
+    STEPS,
+    assert_close_curves,
+    failure_output,
+    launch,
+    one_process,
+    per_step,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "conf" / "accelerate"
-STEPS = 4
 # Both runs are fp32 on CPU; only the summation order differs (all-reduce vs accumulation), which moves the
 # loss by ~1e-7 relative. A wrong data split or unsynchronised gradients moves it by ~1e-2 from the first step.
 LOSS_RTOL = 1e-4
-COMMON = [
-    "overwrite=true",
-    "plot=false",
-    "precision=fp32",
-    f"task.max_steps={STEPS}",
-    "task.logging_steps=1",
-    "task.per_device_train_batch_size=2",
-    "injection.dropout=0",
-    "task.learning_rate=1e-3",
-    "task.lr_scheduler_type=constant",
-    "task.warmup_steps=0",
-]
 
 
-def launch_two_cpu_processes(output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]  # `accelerate launch` of this interpreter
-    env = {
-        **os.environ,
-        "HYDRA_FULL_ERROR": "0",
-        "OMP_NUM_THREADS": "1",  # two processes on a 2-core machine: one thread each
-        "CUDA_VISIBLE_DEVICES": "",  # the gloo CPU path even where a GPU exists
-    }
-    env.pop("ACCELERATE_USE_CPU", None)  # forge must pick the CPU backend itself
-    return subprocess.run(
-        [
-            *launcher,
-            "--config_file",
-            str(CONFIGS / "cpu_2proc.yaml"),
-            "-m",
-            "forge_trl",
-            f"output_dir={output_dir}",
-            *COMMON,
-            *overrides,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def one_process(output_dir: Path, *overrides: str) -> list[dict]:
-    # use_cpu keeps the baseline on CPU even where a GPU is visible, like the launched run.
-    run(compose([f"output_dir={output_dir}", *COMMON, "+task.trl_args.use_cpu=true", *overrides]))
-    return read_metrics(output_dir)
-
-
-def per_step(records: list[dict], key: str) -> dict[int, float]:
-    return {r["step"]: r[key] for r in records if key in r and "train_runtime" not in r}
-
-
-def assert_close_curves(two: list[dict], one: list[dict], key: str, rtol: float) -> None:
-    a, b = per_step(two, key), per_step(one, key)
-    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1)), (key, sorted(a), sorted(b))
-    worst = max(abs(a[s] - b[s]) / max(abs(b[s]), 1e-8) for s in a)
-    assert worst <= rtol, f"{key}: 2 processes {a} vs 1 process {b} (worst relative difference {worst:.2e})"
-
-
-@pytest.mark.parametrize("task", ["sft", "dpo"])
+# DPO under DDP is the slow case: tests/test_scale_out.py runs DPO under FSDP2 in the default suite.
+@pytest.mark.parametrize("task", ["sft", pytest.param("dpo", marks=pytest.mark.slow)])
 def test_two_cpu_processes_match_one_process_with_double_accumulation(tmp_path, task):
     two_dir = tmp_path / "two"
-    proc = launch_two_cpu_processes(two_dir, f"task={task}")
+    proc = launch("cpu_2proc", two_dir, f"task={task}")
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode == 0, failure_output(proc)
 
     two = read_metrics(two_dir)
     one = one_process(tmp_path / "one", f"task={task}", "task.gradient_accumulation_steps=2")
@@ -111,6 +57,7 @@ def test_two_cpu_processes_match_one_process_with_double_accumulation(tmp_path, 
     assert [r["step"] for r in two if "loss" in r] == list(range(1, STEPS + 1))
     info = read_run_info(two_dir / "final")
     assert info.step == STEPS and info.task == task
+    assert info.launch == {"processes": 2, "sharded": False}
     assert output.count("wrote ") == 1, output[-4000:]
     assert not [p.name for p in two_dir.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -146,8 +93,7 @@ EXPECTED = {
     "cpu_2proc": ("multi_gpu", True),
     "ddp": ("multi_gpu", False),
     "fsdp2": ("use_fsdp", False),
-    "zero2": ("use_deepspeed", False),
-    "zero3": ("use_deepspeed", False),
+    "multinode": ("use_fsdp", False),
 }
 
 
@@ -177,18 +123,27 @@ def test_launch_config_parses_with_accelerate(name):
         assert key in options, key
 
 
-def test_fsdp2_config_means_fsdp2_per_layer_with_full_state_dict(monkeypatch):
+@pytest.mark.parametrize("name", ["fsdp2", "multinode"])
+def test_fsdp2_configs_mean_fsdp2_per_layer_with_sharded_checkpoints(monkeypatch, name):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    _, args, defaults = _launch_args(CONFIGS / "fsdp2.yaml")
+    _, args, defaults = _launch_args(CONFIGS / f"{name}.yaml")
     for key, value in _process_env(args, defaults).items():
         monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2
     assert plugin.auto_wrap_policy is transformer_auto_wrap_policy
-    assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
     assert plugin.cpu_ram_efficient_loading is False
+
+
+def test_multinode_config_is_two_machines_on_loopback():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / "multinode.yaml"))
+    assert (config.num_machines, config.num_processes, config.main_process_ip) == (2, 2, "127.0.0.1")
+    assert config.rdzv_backend == "static" and config.main_process_port > 0
 
 
 # ------------------------------------------------------------------------------------------- refused launches
@@ -209,33 +164,27 @@ def launched(monkeypatch):
     return set_gpu
 
 
-@pytest.mark.parametrize(
-    "name,gpu,refusal",
-    [
-        ("cpu_2proc", False, None),
-        ("ddp", True, None),
-        ("zero2", True, None),
-        ("fsdp2", True, "cannot write final/ from sharded weights"),
-        ("zero3", True, "cannot write final/ from sharded weights"),
-        ("fsdp2", False, "FSDP needs GPUs"),
-        ("zero2", False, "DeepSpeed needs GPUs"),
-    ],
-)
-def test_check_launch_with_each_configs_environment(launched, monkeypatch, name, gpu, refusal):
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("gpu", [False, True])
+def test_no_shipped_config_is_refused(launched, monkeypatch, name, gpu):
     from forge_trl import distributed
-    from forge_trl.errors import ConfigError
 
     _, args, defaults = _launch_args(CONFIGS / f"{name}.yaml")
-    env = _process_env(args, defaults)
-    for key, value in env.items():
+    for key, value in _process_env(args, defaults).items():
         if key.startswith(("ACCELERATE_", "FSDP_")):
             monkeypatch.setenv(key, value)
     launched(gpu)
-    if refusal is None:
+    distributed.check_launch()
+    assert distributed.fsdp_requested() is (EXPECTED[name][0] == "use_fsdp")
+
+
+def test_a_deepspeed_launch_is_refused_with_the_fsdp2_alternative(launched, monkeypatch):
+    from forge_trl import distributed
+    from forge_trl.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="fsdp2.yaml"):
         distributed.check_launch()
-    else:
-        with pytest.raises(ConfigError, match=refusal):
-            distributed.check_launch()
 
 
 def test_cpu_backend_is_chosen_only_for_a_multi_process_launch_without_gpu(launched, monkeypatch):
@@ -253,14 +202,6 @@ def test_cpu_backend_is_chosen_only_for_a_multi_process_launch_without_gpu(launc
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.prefer_cpu_backend() is False
     assert "ACCELERATE_USE_CPU" not in os.environ
-
-
-def test_ppo_refuses_more_than_one_process():
-    from forge_trl.errors import ConfigError
-    from forge_trl.trainers.ppo import PPOTrainer
-
-    with pytest.raises(ConfigError, match="single process"):
-        PPOTrainer(models=None, args=types.SimpleNamespace(world_size=2), train_dataset=None, processing_class=None)
 
 
 def test_a_rank_whose_save_writes_no_model_never_poisons_the_tiny_cache(tmp_path, monkeypatch):

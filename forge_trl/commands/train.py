@@ -8,11 +8,12 @@ before Hydra starts the run, and so are ForgeErrors raised during the run; trace
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 from forge_trl.commands.console import LOG_FILE, log_to_file, setup_logging
-from forge_trl.distributed import launched_world_size
+from forge_trl.distributed import launched_world_size, peer_failure
 from forge_trl.errors import EXIT_USER_ERROR, ConfigError, ForgeError
 from forge_trl.files import check_run_lock
 
@@ -28,6 +29,7 @@ def _is_single_run(argv: list[str]) -> bool:
 # Failed jobs of this process's sweep: (job directory, one-line error). One failure never stops the others.
 SWEEP_FAILURES: list[tuple[str, str]] = []
 FAILED_MARKER = "forge_failed.json"
+EXIT_PEER_FAILED = 1
 
 
 def _hydra_app(cfg):
@@ -46,6 +48,15 @@ def _hydra_app(cfg):
         run(cfg)
     except Exception as exc:
         if not multirun:
+            lost_peer = peer_failure(exc)
+            if lost_peer is not None:
+                # Another process of the launch died: this one's traceback would only repeat the collective that
+                # noticed it. The launcher names the process that failed first.
+                logging.getLogger("forge_trl").debug("lost a peer process", exc_info=True)
+                print(lost_peer, file=sys.stderr, flush=True)
+                # Straight out: a normal interpreter exit would tear down the broken process group and can hang or
+                # print more; the launcher's SIGTERM to this process must not add a second report either.
+                os._exit(EXIT_PEER_FAILED)
             if not isinstance(exc, ForgeError):
                 raise
             logging.getLogger("forge_trl").debug("user error", exc_info=True)

@@ -215,6 +215,30 @@ class RoutingRecorder:
             "moe/dead_expert_fraction": sum(dead) / len(dead),
         }
 
+    def sum_over_processes(self) -> None:
+        """Make the interval's statistics global: each layer's expert counts, entropy and token count summed over
+        the processes of a multi-process run, so that the logged routing metrics and expert shares describe the
+        global batch rather than one process's part of it. A collective: every process calls it at the same
+        logging step, and every process has recorded the same layers (they run the same model)."""
+        from forge_trl.distributed import group_size, sum_over_processes
+
+        if group_size() == 1:
+            return
+        for layer in sorted(self._stats):
+            stats = self._stats[layer]
+            packed = torch.cat(
+                [
+                    stats.counts.float(),
+                    stats.entropy_sum.float().reshape(1),
+                    stats.counts.new_full((1,), stats.tokens, dtype=torch.float32),
+                ]
+            )
+            sum_over_processes(packed)
+            num_experts = stats.counts.numel()
+            stats.counts = packed[:num_experts].to(stats.counts.dtype)
+            stats.entropy_sum = packed[num_experts].to(stats.entropy_sum.dtype)
+            stats.tokens = int(packed[num_experts + 1])
+
     def expert_shares(self) -> dict[str, list[float]]:
         """Per-layer token share of each expert over the current interval (for tests and reports)."""
         shares = {}

@@ -69,6 +69,9 @@ class RunInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # row counts and files (PreparedData.stats)
     reward_model: Optional[str] = None  # RL stages (ppo, grpo, rloo): absolute path of the RM checkpoint
+    # How the run was launched: {"processes": N, "sharded": bool} (sharded: FSDP2, gathered for this file's
+    # weights). Empty for checkpoints written before it was recorded.
+    launch: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=package_versions)
 
     @property
@@ -127,6 +130,7 @@ def read_run_info(directory: str | os.PathLike) -> RunInfo | None:
         metrics=raw.get("metrics") or {},
         data=raw.get("data") or {},
         reward_model=raw.get("reward_model"),
+        launch=raw.get("launch") or {},
         versions=raw.get("versions") or {},
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from forge_trl.config import TaskConfig, require
+from forge_trl.distributed import launched_world_size
 from forge_trl.rl.reward import RewardModelConfig, load_reward_model
 from forge_trl.tasks.base import Task, TaskContext
 
@@ -31,12 +32,14 @@ class OnlineRLTaskConfig(TaskConfig):
         require(self.temperature > 0, "task.temperature", f"must be positive, got {self.temperature}")
         require(self.beta >= 0, "task.beta", f"must be >= 0, got {self.beta}")
         require(self.epsilon > 0, "task.epsilon", f"must be positive, got {self.epsilon}")
-        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        # TRL groups the completions of one generation round across all processes of a launch.
+        processes = launched_world_size()
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * processes
         require(
             batch % self.num_generations == 0,
             "task.num_generations",
-            f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple of it "
-            f"({self.num_generations})",
+            f"per_device_train_batch_size x gradient_accumulation_steps"
+            f"{' x processes' if processes > 1 else ''} ({batch}) must be a multiple of it ({self.num_generations})",
         )
 
 

@@ -13,8 +13,8 @@ the next class's `__init__`), never as a flag set afterwards:
 | `SplitPairsMixin` (split_pairs.py) | `split_pairs`   | chosen and rejected through the policy one at a time  |
 | `PackedRowsMixin` (packing.py)     | `packed_rows`   | packed rows without flash attention                   |
 
-`ForgeTrainerMixin` bundles the first three and `ShardedLaunchMixin`, which every trainer gets; the named trainer classes in this package
-(`ForgeDPOTrainer`, ...) put it in front of TRL's trainer.
+`ForgeTrainerMixin` bundles the first three and `ShardedLaunchMixin`, which every trainer gets; the named trainer
+classes in this package (`ForgeDPOTrainer`, ...) put it in front of TRL's trainer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from forge_trl.distributed import write_launch_record
+from forge_trl.distributed import mean_over_processes, write_launch_record
 from forge_trl.files import is_storage_failure, publish, storage_error
 from forge_trl.injection.base import EXTRA_TRAINABLE_FILE, restore_named_parameters
 from forge_trl.injection.routing import RoutingRecorder
@@ -77,9 +77,14 @@ class RoutingMixin(TrainerBase):
 
     def log(self, logs, *args, **kwargs):
         if self.routing is not None and "loss" in logs:
+            # Every process logs at the same steps: the aux loss is averaged and the routing statistics summed over
+            # them, so a multi-process run logs global values (a DDP or FSDP2 rank sees one micro-batch of each
+            # step; the mean over ranks is what one process with gradient accumulation logs).
             if self._aux_values:
-                logs["moe/aux_loss"] = float(torch.stack(self._aux_values).float().mean())
+                aux = mean_over_processes(torch.stack(self._aux_values).float().mean())
+                logs["moe/aux_loss"] = float(aux)
                 self._aux_values.clear()
+            self.routing.sum_over_processes()
             shares = self.routing.expert_shares()
             logs.update(self.routing.pop_metrics())
             if shares and self.is_world_process_zero():
