@@ -160,17 +160,24 @@ def setup(timeout_s: float = 1800) -> None:
         signal.signal(signal.SIGTERM, _stopped_by_launcher)
 
 
+# How gloo and NCCL word a collective that lost its peer: dead ("Connection reset by peer"), or silent for longer
+# than the timeout ("Application timeout caused pair closure", "Timed out").
+PEER_LOST_MARKERS = ("connection closed", "connection reset", "pair closure", "timed out", "timeout", "gloo", "nccl")
+
+
 def peer_failure(exc: BaseException) -> str | None:
     """One line for an error that means another process of the launch died or hung, else None."""
     if launched_world_size() <= 1:
         return None
     import torch.distributed as dist
 
+    from forge_trl.errors import ForgeError
+
+    if isinstance(exc, ForgeError):
+        return None
     text = str(exc)
-    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
-        marker in text
-        for marker in ("Connection closed by peer", "Connection reset by peer", "Gloo", "gloo", "timed out")
-    )
+    lowered = text.lower()
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(marker in lowered for marker in PEER_LOST_MARKERS)
     if not lost:
         return None
     import re

@@ -1,7 +1,5 @@
 """forge's PPO: the score rises and the value loss falls, one base model in memory, resume continues the run."""
 
-import shutil
-
 import pytest
 import torch
 
@@ -9,24 +7,11 @@ from forge_trl.config import ModelConfig
 from forge_trl.models.loading import load_base_model, load_injected, load_tokenizer, resolve_source
 from forge_trl.rl.ppo_models import build_ppo_models
 from tests.injection_support import save_tiny_model, train_in_process
+from tests.ppo_support import synthetic_reward_model
 
 # The policy also adapts lm_head: the random-init tiny model's logits cannot move far through the decoder
 # layers alone within a few steps, and this test is about PPO, not about the tiny model's capacity.
 POLICY_TARGETS = "injection.target_keywords=[q_proj,v_proj,lm_head]"
-
-
-def synthetic_reward_model(rm_final, out_dir, seed: int = 0):
-    """An RM checkpoint whose score head is a fixed random direction: a reward that clearly depends on the
-    response (a briefly trained RM on a random model scores everything alike)."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(rm_final, out_dir)
-    path = out_dir / "adapter_model.safetensors"
-    state = load_file(str(path))
-    key = next(k for k in state if k.endswith("score.weight"))
-    state[key] = torch.randn(state[key].shape, generator=torch.Generator().manual_seed(seed)) * 0.3
-    save_file(state, str(path))
-    return out_dir
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,50 @@ def test_adaptive_kl_controller_moves_towards_target():
     assert controller.value == pytest.approx(0.102)
     controller.update(current_kl=0.0, episodes=10)  # error -0.2 -> x0.98
     assert controller.value == pytest.approx(0.102 * 0.98)
+
+
+def test_value_clipfrac_counts_only_values_moved_past_the_range():
+    # Within the range (|V - V_old| = 0.186 < 0.2), old + (V - old) rounds to a float next to V, and here that
+    # makes the "clipped" squared error larger by one rounding step: not a clipped token.
+    old = torch.tensor([[-0.12633347511291504]])
+    values = torch.tensor([[0.05960638448596001]])
+    returns = torch.tensor([[-0.12078950554132462]])
+    assert float(old + (values - old)) != float(values)
+    _, clipfrac = clipped_value_loss(values, old, returns, torch.ones(1, 1), cliprange_value=0.2)
+    assert clipfrac.item() == 0.0
+
+
+def test_whitening_with_statistics_over_processes_equals_whitening_the_union():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, -1.0, 0.5, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    # Two processes holding the same rows: the union is both copies, and each process's `total` doubles.
+    union = masked_whiten(torch.cat([values, values]), torch.cat([mask, mask]))[:2]
+    assert torch.allclose(masked_whiten(values, mask, total=lambda t: 2 * t), union, atol=1e-6)
+    assert not torch.allclose(masked_whiten(values, mask), union, atol=1e-3)  # the local statistics differ
+
+
+def test_losses_over_the_global_token_count_average_to_the_union_gradient():
+    generator = torch.Generator().manual_seed(0)
+    logprobs = torch.randn(4, 3, generator=generator).requires_grad_()
+    old, advantages = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    values = torch.randn(4, 3, generator=generator).requires_grad_()
+    old_values, returns = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+
+    def loss(rows, tokens=None):
+        pg = clipped_policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows], 0.2, tokens)
+        vf, _ = clipped_value_loss(values[rows], old_values[rows], returns[rows], mask[rows], 0.2, tokens)
+        return pg.loss + 0.1 * vf
+
+    union = torch.autograd.grad(loss(slice(0, 4)), (logprobs, values))
+    # Two processes with rows 0-1 (4 tokens) and 2-3 (5 tokens): each divides by 9 / 2, and their gradients are
+    # averaged, as PPOTrainer does.
+    halves = [
+        torch.autograd.grad(loss(rows, torch.tensor(9.0 / 2)), (logprobs, values))
+        for rows in (slice(0, 2), slice(2, 4))
+    ]
+    for u, a, b in zip(union, *halves):
+        assert torch.allclose((a + b) / 2, u, atol=1e-7)
+    # Each process normalising by its own token count instead weights the rows of the shorter half more.
+    local = [torch.autograd.grad(loss(rows), (logprobs, values)) for rows in (slice(0, 2), slice(2, 4))]
+    assert not torch.allclose((local[0][0] + local[1][0]) / 2, union[0], atol=1e-3)

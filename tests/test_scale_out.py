@@ -52,13 +52,22 @@ from tests.launch_support import (
 # split or unsynchronised gradients moves the first loss by ~1e-2 and the weights by ~0.7 (the controls below).
 LOSS_RTOL = 1e-4
 WEIGHT_RTOL = 1e-3
+# The SFT runs carry a schedule that changes mid-run: a phase that trains only the attention LoRA, then from step 2
+# the FFN LoRA and the base FFN weights too (outside the adapter), and a LoRA handoff fading from step 1. Under
+# FSDP2 the parameters are replaced by their shards after the schedule is built, and the base FFN weights must
+# reach final/ from the gathered state.
+SFT = (
+    "task=sft",
+    "injection.phases=[{step:0,trainable:[attn_lora]},{step:2,trainable:[lora,attn_lora,base_ffn]}]",
+    "injection.handoff.lora={start_step:1,end_step:8,end_scale:0.3}",
+)
 
 
 @pytest.fixture(scope="module")
 def fsdp2_sft(tmp_path_factory):
     """One 2-process FSDP2 SFT run with a sharded checkpoint at step 2, shared by the tests below."""
     out = tmp_path_factory.mktemp("fsdp2_sft") / "run"
-    proc = launch("fsdp2", out, "task=sft", "task.save_steps=2")
+    proc = launch("fsdp2", out, *SFT, "task.save_steps=2")
     assert proc.returncode == 0, failure_output(proc)
     return out, proc.stdout + proc.stderr
 
@@ -66,7 +75,7 @@ def fsdp2_sft(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_sft(tmp_path_factory):
     out = tmp_path_factory.mktemp("one_sft") / "run"
-    return out, one_process(out, "task=sft", "task.gradient_accumulation_steps=2")
+    return out, one_process(out, *SFT, "task.gradient_accumulation_steps=2")
 
 
 def test_fsdp2_sft_equals_one_process_with_double_accumulation(fsdp2_sft, one_process_sft, tmp_path):
@@ -77,6 +86,8 @@ def test_fsdp2_sft_equals_one_process_with_double_accumulation(fsdp2_sft, one_pr
     assert_close_curves(two, one, "loss", LOSS_RTOL)
     assert_close_curves(two, one, "grad_norm", 1e-3)
     assert per_step(two, "epoch") == pytest.approx(per_step(one, "epoch"))
+    assert per_step(two, "handoff/lora_scale") == per_step(one, "handoff/lora_scale")
+    assert (two_dir / "final" / "forge_trainable.safetensors").is_file()  # the trained base FFN weights
     difference = weight_difference(weights(two_dir / "final"), weights(one_dir / "final"))
     assert difference <= WEIGHT_RTOL, difference
 
@@ -90,7 +101,7 @@ def test_fsdp2_sft_equals_one_process_with_double_accumulation(fsdp2_sft, one_pr
 
     # Control for both tolerances: one process without accumulation sees half of each step's examples.
     control_dir = tmp_path / "control"
-    control = per_step(one_process(control_dir, "task=sft"), "loss")
+    control = per_step(one_process(control_dir, *SFT), "loss")
     assert abs(per_step(two, "loss")[1] - control[1]) / abs(control[1]) > 100 * LOSS_RTOL
     assert weight_difference(weights(control_dir / "final"), weights(one_dir / "final")) > 10 * WEIGHT_RTOL
 
@@ -114,7 +125,7 @@ def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(fsdp2_sft, tmp
     resumed.mkdir()
     shutil.copytree(uninterrupted / "checkpoint-2", resumed / "checkpoint-2")
     shutil.copy(uninterrupted / "metrics.jsonl", resumed / "metrics.jsonl")
-    proc = launch("fsdp2", resumed, "task=sft", "task.save_steps=2", "resume=true")
+    proc = launch("fsdp2", resumed, *SFT, "task.save_steps=2", "resume=true")
     assert proc.returncode == 0, failure_output(proc)
     assert "Model loaded from" in proc.stdout + proc.stderr  # the DCP shards were read back
     a, b = weights(resumed / "final"), weights(uninterrupted / "final")
@@ -124,7 +135,7 @@ def test_fsdp2_resume_from_a_sharded_checkpoint_continues_exactly(fsdp2_sft, tmp
 def test_resuming_a_sharded_checkpoint_with_another_process_count_is_refused(fsdp2_sft, tmp_path):
     checkpoint = fsdp2_sft[0] / "checkpoint-2"
     with pytest.raises(ConfigError, match="written by 2 process"):
-        run(compose([f"output_dir={tmp_path}", "task=sft", f"resume={checkpoint}", "precision=fp32"]))
+        run(compose([f"output_dir={tmp_path}", *SFT, f"resume={checkpoint}", "precision=fp32"]))
 
 
 @pytest.mark.slow
@@ -255,8 +266,28 @@ def test_a_killed_rank_stops_the_other_with_one_line_within_seconds(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_hung_rank_stops_the_other_after_the_collective_timeout(tmp_path):
+    """A peer that stops answering (SIGSTOP) is not noticed by a closed socket; distributed_timeout_s bounds it."""
+    out = tmp_path / "run"
+    launcher = _start("cpu_2proc", out, "task=sft", "task.max_steps=2000", "distributed_timeout_s=10")
+    try:
+        _wait_for(lambda: _logged_steps(out) >= 2, launcher)
+        victim = _rank_process(launcher, 1)
+        assert victim is not None
+        victim.send_signal(signal.SIGSTOP)
+        # The launcher then stops the hung process too (SIGTERM, and SIGKILL after its 30 s grace period).
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    survivor = re.findall(r"forge_trl: rank 0: [^\r\n]*", output)
+    assert len(survivor) == 1 and "Timed out" in survivor[0], output[-3000:]
+
+
+@pytest.mark.slow
 def test_killing_the_whole_job_mid_run_then_resuming_equals_an_uninterrupted_run(tmp_path):
-    steps = ("task=sft", "task.max_steps=40", "task.save_steps=4", "task.save_total_limit=2")
+    steps = (*SFT, "task.max_steps=40", "task.save_steps=4", "task.save_total_limit=2")
     uninterrupted = tmp_path / "uninterrupted"
     proc = launch("fsdp2", uninterrupted, *steps)
     assert proc.returncode == 0, failure_output(proc)
@@ -288,7 +319,7 @@ def test_two_node_loopback_launch_trains_like_one_process(tmp_path, one_process_
             accelerate_command(
                 "multinode",
                 out,
-                "task=sft",
+                *SFT,
                 launch_args=(
                     "--num_machines=2",
                     "--num_processes=2",

@@ -3,30 +3,46 @@
 Shapes: B rollouts, T response positions. `mask` is 1.0 on real response tokens (up to and including the stop
 token) and 0.0 on the padding after it. Every function is deterministic and tested against hand-computed
 values in tests/test_ppo_math.py.
+
+Several processes (DDP, FSDP2) each hold a part of the batch. The functions stay local; the two places where the
+global batch matters take it as an argument: `masked_whiten(total=...)` sums its statistics over the processes,
+and the losses divide by `tokens`, the global token count shared out over the processes, so that averaging the
+processes' gradients gives the gradient of the mean over every token of the global batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance over the masked entries (Bessel-corrected, as in TRL's PPO)."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
-    variance = masked_mean((values - mean) ** 2, mask)
-    return variance * count / (count - 1).clamp_min(1.0)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sum of the masked entries over `tokens` (default: the number of masked entries)."""
+    count = mask.sum() if tokens is None else tokens
+    return (values * mask).sum() / count.clamp_min(1.0)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(values - mean) / std over the masked entries; `shift_mean=False` keeps the mean (reward whitening)."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    total: Callable[[torch.Tensor], torch.Tensor] = _local,
+) -> torch.Tensor:
+    """(values - mean) / std over the masked entries, with the unbiased (Bessel-corrected, as in TRL's PPO)
+    variance; `shift_mean=False` keeps the mean (reward whitening).
+
+    `total` sums a tensor over the processes that hold the rest of the batch (the default: this process holds it
+    all), so that every process whitens with the statistics of the whole batch."""
+    sums = total(torch.stack([(values * mask).sum(), mask.sum()]))
+    mean, count = sums[0] / sums[1].clamp_min(1.0), sums[1]
+    squares = total(((values - mean) ** 2 * mask).sum())
+    var = squares / (count - 1).clamp_min(1.0)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -66,27 +82,34 @@ class PolicyLoss:
     approx_kl: torch.Tensor  # 0.5 * E[(log ratio)^2] between the rollout policy and the current one
 
 
-def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float) -> PolicyLoss:
-    """PPO's clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1 - eps, 1 + eps))."""
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float, tokens=None) -> PolicyLoss:
+    """PPO's clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1 - eps, 1 + eps)); `tokens` as in
+    `masked_mean`, for the loss and both statistics."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+        clipfrac = masked_mean((clipped > unclipped).float(), mask, tokens)
+        approx_kl = 0.5 * masked_mean(log_ratio**2, mask, tokens)
     return PolicyLoss(loss, clipfrac, approx_kl)
 
 
-def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 * mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2); returns (loss, clip fraction)."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+def clipped_value_loss(
+    values, old_values, returns, mask, cliprange_value: float, tokens=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2); returns (loss, clip fraction). `tokens` as in
+    `masked_mean`."""
+    moved = values - old_values
+    clipped_values = old_values + torch.clamp(moved, -cliprange_value, cliprange_value)
     unclipped = (values - returns) ** 2
     clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask, tokens)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        # Within the range, old + (V - old) is V only up to rounding, which alone must not count as clipped.
+        clipped_tokens = (moved.abs() > cliprange_value) & (clipped > unclipped)
+        clipfrac = masked_mean(clipped_tokens.float(), mask, tokens)
     return loss, clipfrac
 
 

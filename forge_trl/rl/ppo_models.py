@@ -29,6 +29,7 @@ from forge_trl.injection.peft_base import ADAPTER_FILE, PeftInjection
 log = logging.getLogger("forge_trl")
 
 POLICY, REFERENCE, REWARD, VALUE = "default", "ref", "reward", "value"
+TRAINABLE_FILE = "ppo_trainable.safetensors"
 
 
 def backbone_of(peft_model) -> torch.nn.Module:
@@ -92,31 +93,66 @@ class PPOModels:
         return self.adapter(self.policy, REFERENCE if self.has_reference_adapter else None)
 
     def hidden_states(self, adapter: str, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        with self.adapter(self.critic, adapter):
-            out = backbone_of(self.critic)(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            )
-        return out.last_hidden_state
+        """The decoder stack's last hidden states under `adapter`.
 
-    def save(self, directory: Path) -> None:
+        They are taken (by a forward hook) from a forward of the whole critic model, not by calling its decoder
+        stack alone: sharded (FSDP2), the whole model is the root unit, and a forward that starts inside it skips
+        the root's hooks, which gather the parameters no inner unit holds; and accelerate shards the final norm
+        together with the LM head as one unit, whose forward never completes without the head. The head's own
+        output costs one position (`logits_to_keep=1`) on a causal LM, one score per token on a classifier."""
+        captured: list[torch.Tensor] = []
+        hook = backbone_of(self.critic).register_forward_hook(
+            lambda module, args, output: captured.append(output.last_hidden_state)
+        )
+        head_kwargs = {"logits_to_keep": 1} if self.shared_base else {}  # shared: the critic is the causal-LM policy
+        try:
+            with self.adapter(self.critic, adapter):
+                self.critic(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                    **head_kwargs,
+                )
+        finally:
+            hook.remove()
+        return captured[0]
+
+    def base_models(self) -> list[torch.nn.Module]:
+        """The transformers models under the PeftModels: what FSDP2 shards. Each is the root that every forward
+        (`generate` included, which PEFT hands straight to it) goes through."""
+        models = [self.policy.get_base_model()]
+        if not self.shared_base:
+            models.append(self.critic.get_base_model())
+        return models
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor, whole and on CPU, by `trainable_parameters` name. A collective when sharded:
+        every process calls it, and each gets the whole state."""
+        from forge_trl.rl.ppo_parallel import whole
+
+        return {name: whole(param) for name, param in self.trainable_parameters()}
+
+    def save(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write `trainable_state()` into a checkpoint directory (one process does this)."""
         from safetensors.torch import save_file
 
-        save_file(
-            {n: p.detach().contiguous().cpu() for n, p in self.trainable_parameters()},
-            str(Path(directory) / "ppo_trainable.safetensors"),
-        )
+        save_file({n: t.contiguous() for n, t in state.items()}, str(Path(directory) / TRAINABLE_FILE))
 
     def load(self, directory: Path) -> None:
+        """Restore the trainable weights of a checkpoint; every process reads the whole file and keeps its shards."""
         from safetensors.torch import load_file
 
-        saved = load_file(str(Path(directory) / "ppo_trainable.safetensors"))
+        from forge_trl.rl.ppo_parallel import shard_like
+
+        saved = load_file(str(Path(directory) / TRAINABLE_FILE))
         params = dict(self.trainable_parameters())
         missing = sorted(set(params) - set(saved))
         if missing:
             raise ModelError(f"{directory}: checkpoint lacks '{missing[0]}'; was it written by this PPO setup?")
         with torch.no_grad():
             for name, param in params.items():
-                param.copy_(saved[name])
+                param.copy_(shard_like(saved[name], param))
 
 
 def copy_adapter(model, source: str, target: str) -> None:

@@ -1,9 +1,10 @@
 """PPO's own settings, declared once: `task=ppo`'s schema (`PPOTaskConfig`) and the trainer's `PPOConfig` both
 inherit these fields, and `PPO_KEYS` (what the task hands to the trainer) is derived from them.
 
-One PPO *step* samples a batch of `per_device_train_batch_size x gradient_accumulation_steps` prompts, scores the
-responses, and runs `num_ppo_epochs` passes over that batch in `num_mini_batches` minibatches, one optimizer
-update per minibatch. `max_steps` counts PPO steps.
+One PPO *step* samples a batch of `per_device_train_batch_size` prompts per process (so `x processes` under
+`accelerate launch`), scores the responses, and runs `num_ppo_epochs` passes over that batch in `num_mini_batches`
+minibatches, one optimizer update per minibatch; each process splits its own part of the batch into minibatches.
+`max_steps` counts PPO steps.
 """
 
 from __future__ import annotations

@@ -64,13 +64,15 @@ def warn_router_only_phases(phases: list[PhaseConfig], model: torch.nn.Module, g
 
 
 class PhaseSchedule:
-    """The phases resolved against one model's parameters."""
+    """The phases resolved against one model's parameter names.
+
+    Parameters are looked up by name at every switch rather than held: FSDP2 replaces each parameter of the model
+    with its sharded version (same name) when the trainer prepares it, after this schedule was built."""
 
     def __init__(self, phases: list[PhaseConfig], groups: dict[str, list[str]], model: torch.nn.Module):
         self.phases = phases
-        params = dict(model.named_parameters())
-        self.members = [{name: params[name] for group in phase.trainable for name in groups[group]} for phase in phases]
-        self.union = {name: p for members in self.members for name, p in members.items()}
+        self.members = [{name for group in phase.trainable for name in groups[group]} for phase in phases]
+        self.union = set().union(*self.members)
         self.model = model
         self.current: int | None = None
 
@@ -86,9 +88,11 @@ class PhaseSchedule:
             return False
         self.current = index
         active = self.members[index]
-        for name, param in self.union.items():
-            param.requires_grad_(name in active)
-        count = sum(p.numel() for p in active.values())
+        count = 0
+        for name, param in self.model.named_parameters():
+            if name in self.union:
+                param.requires_grad_(name in active)
+                count += param.numel() if name in active else 0
         log.info(
             "phase %d/%d from step %d: training %s (%s parameters)",
             index + 1,
@@ -101,8 +105,8 @@ class PhaseSchedule:
 
     def drop_frozen_grads(self) -> None:
         active = self.members[self.current or 0]
-        for name, param in self.union.items():
-            if name not in active:
+        for name, param in self.model.named_parameters():
+            if name in self.union and name not in active:
                 param.grad = None
 
 

@@ -5,6 +5,11 @@
 The policy trains the input checkpoint's adapter; the reference is its frozen copy; the value model starts
 from the reward model. With the usual chain (the RM trained from the same SFT checkpoint) all four share one
 base model (see forge_trl/rl/ppo_models.py).
+
+Several processes run it as one process with their batches together (see forge_trl/trainers/ppo.py):
+
+    accelerate launch --config_file conf/accelerate/ddp.yaml -m forge_trl task=ppo ...     # or cpu_2proc.yaml
+    accelerate launch --config_file conf/accelerate/fsdp2.yaml -m forge_trl task=ppo ...   # base model sharded
 """
 
 from __future__ import annotations

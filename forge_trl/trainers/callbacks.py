@@ -69,8 +69,7 @@ class NonFiniteGuard(TrainerCallback):
         # its tensor's norm non-finite (so does a norm that overflows, which gradient clipping already treats so).
         if model is not self._model:
             self._model, self._params = model, list(model.parameters())
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if all_finite(self._params):
             self.in_a_row = 0
             return
         for param in model.parameters():
@@ -86,6 +85,23 @@ class NonFiniteGuard(TrainerCallback):
         if self.in_a_row >= self.max_in_a_row:
             self.stopped_at = state.global_step + 1
             control.should_training_stop = True
+
+
+def all_finite(params: list) -> bool:
+    """Whether every gradient of `params` is finite, on every process of the run.
+
+    Sharded (FSDP2), each process holds only its shard of each gradient, so the verdict is agreed over the
+    processes: they must all skip the step or none (the optimizer step and clipping are collectives there)."""
+    from torch.distributed.tensor import DTensor
+
+    from forge_trl.distributed import group_size, sum_over_processes
+
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+    finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    if group_size() == 1:
+        return finite
+    device = grads[0].device if grads else torch.device("cpu")
+    return bool(sum_over_processes(torch.tensor([0.0 if finite else 1.0], device=device)) == 0)
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

@@ -19,6 +19,7 @@ classes in this package (`ForgeDPOTrainer`, ...) put it in front of TRL's traine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -146,7 +147,8 @@ class AtomicCheckpointMixin(TrainerBase):
         self.accelerator.wait_for_everyone()
         self._staging = staging
         try:
-            super()._save_checkpoint(model, trial)
+            with self._optimizer_state_for_every_parameter():
+                super()._save_checkpoint(model, trial)
             self._staging = None
             if self.args.should_save:
                 write_launch_record(staged)
@@ -172,6 +174,46 @@ class AtomicCheckpointMixin(TrainerBase):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def _optimizer_state_for_every_parameter(self):
+        """While a sharded checkpoint is saved, give every optimized parameter an optimizer state.
+
+        A parameter a phase schedule has not trained yet (base_ffn from step N, say) has none. One process saves
+        that fine, but a sharded (DCP) optimizer checkpoint is loaded into a state that torch builds for every
+        parameter that requires grad at load time (the schedule's whole union, before it enters the phase), and
+        DCP refuses a checkpoint that lacks one of them. The stand-in is the
+        state the optimizer starts from (zeros, step 0), which for AdamW continues exactly like no state. It is
+        removed again after the save, so the running optimizer is unchanged."""
+        from forge_trl.distributed import is_sharded
+
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or not is_sharded(self.model):
+            yield
+            return
+        stated = next((p for p, state in optimizer.state.items() if state), None)
+        template = optimizer.state[stated] if stated is not None else {}
+        # Only for optimizers whose per-parameter state is scalars and tensors shaped like the parameter (Adam's).
+        shaped_like_param = all(
+            not torch.is_tensor(v) or v.dim() == 0 or v.shape == stated.shape for v in template.values()
+        )
+        padded = []
+        if template and shaped_like_param:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if not optimizer.state.get(param):
+                        optimizer.state[param] = {
+                            k: (torch.zeros_like(param) if v.dim() else torch.zeros_like(v))
+                            if torch.is_tensor(v)
+                            else v
+                            for k, v in template.items()
+                        }
+                        padded.append(param)
+        try:
+            yield
+        finally:
+            for param in padded:
+                del optimizer.state[param]
 
     def _point_best_checkpoint_at(self, run_dir: Path, staged: Path) -> None:
         """transformers looked for the best checkpoint in the staging directory; record its final place."""

@@ -11,6 +11,17 @@ One PPO step:
 
 Checkpoints (`save_steps`) hold the trainable weights, optimizer, scheduler, RNG and trainer state, written
 atomically; `train(resume_from_checkpoint=...)` continues the same run, skipping the prompts already used.
+
+Several processes (`accelerate launch` with ddp.yaml / cpu_2proc.yaml, or fsdp2.yaml) run one PPO step together
+as one process would run it with `per_device_train_batch_size x processes` prompts:
+- every process draws the same global batch from the one seeded prompt order, left-pads all of it (so the padding
+  is what one process would have), and keeps its own rows; each prompt's response is sampled from a stream seeded
+  by the prompt (forge_trl/rl/ppo_sampling.py), so it is the same whichever process draws it;
+- advantages are whitened with the global batch's statistics, the losses are means over the global batch's
+  tokens, gradients are averaged over the processes (forge_trl/rl/ppo_parallel.py) and clipped by their global
+  norm, and every logged number is a global one;
+- under FSDP2 the base model is sharded per decoder layer and checkpoints gather the (adapter-sized) trainable
+  state into the one-process format; process 0 writes checkpoints, each process its own RNG state.
 """
 
 from __future__ import annotations
@@ -23,13 +34,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerControl, TrainerState
+from transformers import LogitsProcessorList, Trainer, TrainerControl, TrainerState
 from transformers.trainer_utils import TrainOutput
 
+from forge_trl.distributed import mean_over_processes, sum_over_processes, write_launch_record
 from forge_trl.errors import ConfigError, ModelError
-from forge_trl.files import write_dir_atomically
+from forge_trl.files import is_storage_failure, publish, storage_error
 from forge_trl.injection.routing import RoutingRecorder
-from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints
+from forge_trl.models.checkpoint import CHECKPOINT_PREFIX, list_checkpoints, staging_dir
 from forge_trl.rl.ppo_math import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -40,7 +52,18 @@ from forge_trl.rl.ppo_math import (
     per_token_rewards,
 )
 from forge_trl.rl.ppo_models import POLICY, PPOModels
-from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin
+from forge_trl.rl.ppo_parallel import (
+    average_gradients,
+    clip_factor,
+    global_grad_norm,
+    is_shard,
+    load_whole_optimizer_state,
+    scale_gradients,
+    shard_models,
+    whole_optimizer_state,
+)
+from forge_trl.rl.ppo_sampling import GumbelSampler, prompt_seed
+from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin, ShardedLaunchMixin
 from forge_trl.trainers.ppo_config import PPOConfig
 
 __all__ = ["PPOConfig", "PPOTrainer"]
@@ -76,11 +99,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return chosen, entropy
 
 
-class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
+class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer):
     """Proximal policy optimisation over prompt-only data with an adapter policy and a forge reward model.
 
-    Checkpoints are its own (`ppo_state.json` beside the adapters), written atomically; routing metrics and the
-    non-finite guard come from the same mixins as every other forge trainer."""
+    Checkpoints are its own (`ppo_state.json` beside the adapters), written atomically; routing metrics, the
+    non-finite guard and FSDP2 on CPU processes come from the same mixins as every other forge trainer."""
 
     control: TrainerControl  # Trainer's; declared because this loop assigns it
 
@@ -94,14 +117,6 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         routing: RoutingRecorder | None = None,
         max_nonfinite_steps: int | None = None,
     ):
-        if args.world_size > 1:
-            # This loop never wraps the models for data parallelism: every process would sample the same prompts,
-            # step on its own gradients and write the same checkpoints, so N processes would be N racing copies.
-            raise ConfigError(
-                f"task=ppo runs in a single process; this launch has {args.world_size}. forge's PPO does not "
-                "synchronise gradients across processes yet: run `python -m forge_trl task=ppo ...` without "
-                "accelerate launch / torchrun"
-            )
         self.models = models
         self.tokenizer = processing_class
         self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else processing_class.eos_token_id
@@ -123,23 +138,38 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             for module in model.modules():  # PPO's ratios assume the same function at rollout and update
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
+        if self.is_fsdp_enabled:
+            # Before the optimizer exists, so that it is built over the shards. `self.model` stays the policy
+            # PeftModel, now holding shards, which train.py gathers for final/.
+            shard_models(self.accelerator, models.base_models())
 
     # --------------------------------------------------------------------------------------------- setup
     def create_optimizer(self, model=None):
         params = [p for _, p in self.models.trainable_parameters()]
+        # Sharded (FSDP2) adapter weights and the whole value head go in separate groups with the same settings:
+        # the optimizers' multi-tensor kernels refuse a list that mixes DTensors with plain tensors.
+        groups = [{"params": [p for p in params if is_shard(p) == sharded]} for sharded in (True, False)]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args)
-        self.optimizer = optimizer_cls(params, **optimizer_kwargs)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
     def _prompt_batches(self, epoch: int):
+        """Yield this process's part of each global batch: (left-padded prompts, their dataset indices).
+
+        The global batch is collated whole and then split, so its padding is the one a single process with
+        `per_device_train_batch_size x processes` prompts gives them."""
         generator = torch.Generator().manual_seed(self.args.seed + epoch)
         order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
-        size = self.args.per_device_train_batch_size
+        per_process = self.args.per_device_train_batch_size
+        size = per_process * self.args.world_size
+        mine = slice(self.args.process_index * per_process, (self.args.process_index + 1) * per_process)
         for start in range(0, len(order) - size + 1, size):
-            yield self.data_collator([self.train_dataset[i] for i in order[start : start + size]])
+            indices = order[start : start + size]
+            batch = self.data_collator([self.train_dataset[i] for i in indices])
+            yield {key: value[mine] for key, value in batch.items()}, indices[mine]
 
     def _steps_per_epoch(self) -> int:
-        return max(len(self.train_dataset) // self.args.per_device_train_batch_size, 1)
+        return max(len(self.train_dataset) // (self.args.per_device_train_batch_size * self.args.world_size), 1)
 
     # --------------------------------------------------------------------------------------------- rollout
     def _forward_chunks(self, fn, *tensors):
@@ -165,7 +195,8 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         return self.models.reward_head(pooled.float()).squeeze(-1)
 
     @torch.no_grad()
-    def rollout(self, batch: dict) -> dict:
+    def rollout(self, batch: dict, seeds: list[int]) -> dict:
+        """Sample, score and evaluate one batch; `seeds` holds each prompt's sampling seed (`prompt_seed`)."""
         args, device = self.args, self.args.device
         prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         context = prompt_ids.shape[1]
@@ -175,12 +206,13 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             max_new_tokens=args.response_length,
-            do_sample=True,
-            temperature=args.temperature,
-            top_k=0,
-            top_p=1.0,
+            # Sampling at args.temperature, done by the per-prompt Gumbel-max processor over greedy decoding.
+            do_sample=False,
+            logits_processor=LogitsProcessorList([GumbelSampler(seeds, args.temperature)]),
             eos_token_id=self.stop_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            # Sharded, every forward gathers weights from all processes: each must run as many as the longest.
+            synced_gpus=self.is_fsdp_enabled,
         )
         responses = generated[:, context:]
         if responses.shape[1] < args.response_length:  # every sequence stopped early
@@ -217,7 +249,7 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         rewards = per_token_rewards(scores, kl, mask, self.kl.value)
         advantages, returns = gae(rewards, values * mask, mask, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, total=sum_over_processes)
         return dict(
             sequences=sequences,
             attention=attention,
@@ -235,27 +267,41 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
 
     # --------------------------------------------------------------------------------------------- update
     def ppo_update(self, roll: dict) -> dict:
+        """`num_ppo_epochs` passes over this process's rollouts in `num_mini_batches` minibatches, one optimizer
+        update each. Returns this process's mean of each statistic; each is already normalised by the global token
+        count, so their mean over the processes is the global value."""
         args = self.args
         policy = self.models.policy
         policy.train()
         batch_size = roll["sequences"].shape[0]
         mini = max(batch_size // args.num_mini_batches, 1)
         params = [p for _, p in self.models.trainable_parameters()]
-        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "clip", "vclip", "approx_kl", "entropy", "aux")}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("pg", "vf", "clip", "vclip", "approx_kl", "entropy", "grad_norm", "aux")
+        }
+        device = roll["sequences"].device
         for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(batch_size, device=roll["sequences"].device)
+            # One minibatch is the whole batch: shuffling it would change nothing but the order of summation.
+            shuffle = args.num_mini_batches > 1
+            order = torch.randperm(batch_size, device=device) if shuffle else torch.arange(batch_size, device=device)
             for start in range(0, batch_size - mini + 1, mini):
                 idx = order[start : start + mini]
                 seq, att, pos, mask = (roll[k][idx] for k in ("sequences", "attention", "positions", "mask"))
+                # The global minibatch's token count shared out over the processes: each process's losses are its
+                # tokens' sums over it, so the average of the processes' gradients is the gradient of the mean
+                # over every token of the global minibatch (in one process: its own token count).
+                tokens = sum_over_processes(mask.sum()) / args.world_size
                 recorder = self.routing
                 collect = recorder.collect() if recorder is not None else contextlib.nullcontext()
                 with collect:
                     logprobs, entropy = self._policy_logprobs(seq, att, pos, roll["context"])
                 aux = recorder.pop_loss() if recorder is not None else None
                 values = self._values(seq, att, pos, roll["context"])
-                pg = clipped_policy_loss(logprobs, roll["logprobs"][idx], roll["advantages"][idx], mask, args.cliprange)
+                pg = clipped_policy_loss(
+                    logprobs, roll["logprobs"][idx], roll["advantages"][idx], mask, args.cliprange, tokens
+                )
                 vf_loss, vf_clip = clipped_value_loss(
-                    values, roll["values"][idx], roll["returns"][idx], mask, args.cliprange_value
+                    values, roll["values"][idx], roll["returns"][idx], mask, args.cliprange_value, tokens
                 )
                 loss = pg.loss + args.vf_coef * vf_loss
                 if recorder is not None and aux is not None:
@@ -263,26 +309,66 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
                     if recorder.coef > 0:
                         loss = loss + recorder.coef * aux
                 loss.backward()
-                if args.max_grad_norm and args.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
-                if not torch.isfinite(loss.detach()):
-                    # forge's non-finite guard has dropped the policy's gradients; the value head's go too.
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                stats["grad_norm"].append(self._optimizer_step(params))
                 stats["pg"].append(float(pg.loss.detach()))
                 stats["vf"].append(float(vf_loss.detach()))
                 stats["clip"].append(float(pg.clipfrac))
                 stats["vclip"].append(float(vf_clip))
                 stats["approx_kl"].append(float(pg.approx_kl))
-                stats["entropy"].append(float(masked_mean(entropy.detach(), mask)))
+                stats["entropy"].append(float(masked_mean(entropy.detach(), mask, tokens)))
         return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+    def _optimizer_step(self, params: list[torch.nn.Parameter]) -> float:
+        """Average the gradients over the processes, clip them by their global norm, step; returns that norm."""
+        args = self.args
+        average_gradients(params)
+        norm = float(global_grad_norm(params))
+        factor = clip_factor(norm, args.max_grad_norm)
+        if factor != 1.0:
+            # A non-finite norm (the same on every process) gives NaN: every gradient becomes NaN, so the non-finite
+            # guard, which checks the policy model's gradients but not the value head's, sees this step too.
+            scale_gradients(params, factor)
+        self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
+        if not math.isfinite(norm):
+            # The guard drops the model's gradients; the value head's go too (and all of them without a guard).
+            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _global_means(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes, in one all-reduce (every process passes the same keys)."""
+        if self.args.world_size == 1:
+            return values
+        keys = sorted(values)
+        means = mean_over_processes(
+            torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.args.device)
+        )
+        return dict(zip(keys, means.tolist()))
+
+    @staticmethod
+    def _rollout_stats(roll: dict) -> dict[str, float]:
+        """Per-sequence means of one rollout batch; every process has as many sequences, so the mean of these over
+        the processes is the global batch's."""
+        return {
+            "kl": float(roll["kl"].sum(1).mean()),
+            "scores": float(roll["scores"].mean()),
+            "response_length": float(roll["mask"].sum(1).mean()),
+            "no_eos_share": float((~roll["has_stop"]).float().mean()),
+        }
 
     # --------------------------------------------------------------------------------------------- loop
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
         args = self.args
+        batch = args.per_device_train_batch_size * args.world_size
+        if len(self.train_dataset) < batch:
+            # Not one global batch per epoch: the loop below would wait forever for its first step.
+            raise ConfigError(
+                f"task=ppo: the training data has {len(self.train_dataset)} prompts, fewer than one PPO batch "
+                f"(task.per_device_train_batch_size {args.per_device_train_batch_size} x {args.world_size} "
+                "process(es)); lower the batch size or add prompts"
+            )
         steps_per_epoch = self._steps_per_epoch()
         total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         updates_per_step = args.num_ppo_epochs * args.num_mini_batches
@@ -295,6 +381,9 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             train_batch_size=args.per_device_train_batch_size,
             log_history=[],
             stateful_callbacks=[],
+            # Callbacks that write (metrics.jsonl, the progress line) do so on process 0 only.
+            is_local_process_zero=self.is_local_process_zero(),
+            is_world_process_zero=self.is_world_process_zero(),
         )
         episode = 0
         if resume_from_checkpoint is not None:
@@ -304,25 +393,25 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         step = self.state.global_step
         while step < total_steps:
             epoch, skip = divmod(step, steps_per_epoch)
-            for batch in self._prompt_batches(epoch):
+            for batch, indices in self._prompt_batches(epoch):
                 if skip:
                     skip -= 1
                     continue
                 if step >= total_steps:
                     break
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-                roll = self.rollout(batch)
-                stats = self.ppo_update(roll)
-                mean_kl = float(roll["kl"].sum(1).mean())
+                roll = self.rollout(batch, [prompt_seed(args.seed, epoch, i) for i in indices])
+                stats = self._global_means({**self.ppo_update(roll), **self._rollout_stats(roll)})
+                episodes = roll["sequences"].shape[0] * args.world_size
                 if args.adaptive_kl:
-                    self.kl.update(mean_kl, roll["sequences"].shape[0])
+                    self.kl.update(stats["kl"], episodes)
                 step += 1
-                episode += roll["sequences"].shape[0]
+                episode += episodes
                 self.state.global_step, self.state.epoch = step, step / steps_per_epoch
                 losses.append(stats["pg"] + args.vf_coef * stats["vf"])
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
                 if step == 1 or step % args.logging_steps == 0 or step == total_steps:
-                    self.log(self._metrics(roll, stats, mean_kl, episode, losses[-1]))
+                    self.log(self._metrics(stats, episode, losses[-1]))
                 if args.save_steps and args.save_steps > 0 and step % args.save_steps == 0 and step < total_steps:
                     self._save_checkpoint_dir(step, episode)
                 if self.control.should_training_stop:
@@ -333,12 +422,11 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         train_loss = sum(losses) / max(len(losses), 1)
         return TrainOutput(self.state.global_step, train_loss, {"train_loss": train_loss, "episodes": episode})
 
-    def _metrics(self, roll: dict, stats: dict, mean_kl: float, episode: int, loss: float) -> dict:
-        lengths = roll["mask"].sum(1)
+    def _metrics(self, stats: dict, episode: int, loss: float) -> dict:
         metrics = {
             "loss": loss,
-            "objective/scores": float(roll["scores"].mean()),
-            "objective/kl": mean_kl,
+            "objective/scores": stats["scores"],
+            "objective/kl": stats["kl"],
             "objective/entropy": stats["entropy"],
             "loss/policy_avg": stats["pg"],
             "loss/value_avg": stats["vf"],
@@ -346,8 +434,9 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             "val/clipfrac_avg": stats["vclip"],
             "policy/approxkl_avg": stats["approx_kl"],
             "policy/kl_coef": self.kl.value,
-            "val/response_length": float(lengths.mean()),
-            "val/no_eos_share": float((~roll["has_stop"]).float().mean()),
+            "val/response_length": stats["response_length"],
+            "val/no_eos_share": stats["no_eos_share"],
+            "grad_norm": stats["grad_norm"],
             "episode": episode,
             "learning_rate": self.lr_scheduler.get_last_lr()[0],
         }
@@ -356,32 +445,59 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
         return metrics
 
     # --------------------------------------------------------------------------------------------- checkpoints
+    def _rng_file(self) -> str:
+        """Each process's RNG state is its own (it shuffles minibatches); one process keeps the plain name."""
+        return "rng_state.pt" if self.args.world_size == 1 else f"rng_state_{self.args.process_index}.pt"
+
     def _save_checkpoint_dir(self, step: int, episode: int) -> None:
-        output_dir = Path(self.args.output_dir)
+        """Write `checkpoint-<step>` complete or not at all.
 
-        def fill(tmp: Path) -> None:
-            self.models.save(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(
-                {
-                    "cpu": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                },
-                tmp / "rng_state.pt",
-            )
-            state = {
-                "global_step": step,
-                "episode": episode,
-                "kl_coef": self.kl.value,
-                "log_history": self.state.log_history,
-            }
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-
+        Every process fills the run's one staging directory (process 0 the shared state, each process its RNG
+        state); process 0 renames it into place once all are done, so a job killed mid-save leaves the previous
+        checkpoint as the newest one. The trainable weights and optimizer state are gathered whole first (a
+        collective under FSDP2; adapter-sized), so a checkpoint has the one-process layout whatever the launch."""
+        args = self.args
+        output_dir = Path(args.output_dir)
+        staged, target = staging_dir(output_dir), output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        main = self.is_world_process_zero()
+        trainable = self.models.trainable_state()
+        optimizer_state = whole_optimizer_state(self.optimizer)
         # On a full disk the newest complete checkpoint stays the one to resume from; the error names it.
         newest = next(iter(list_checkpoints(output_dir)[-1:]), None)
-        write_dir_atomically(output_dir / f"{CHECKPOINT_PREFIX}{step}", fill, previous=newest)
-        self._rotate_checkpoints(output_dir)
+        try:
+            if main:
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            rng = {
+                "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+            torch.save(rng, staged / self._rng_file())
+            if main:
+                self.models.save(staged, trainable)
+                torch.save(optimizer_state, staged / "optimizer.pt")
+                torch.save(self.lr_scheduler.state_dict(), staged / "scheduler.pt")
+                write_launch_record(staged)
+                state = {
+                    "global_step": step,
+                    "episode": episode,
+                    "kl_coef": self.kl.value,
+                    "log_history": self.state.log_history,
+                }
+                (staged / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+            self.accelerator.wait_for_everyone()
+            if main:
+                publish(staged, target)  # fsyncs it first; a checkpoint saved again at the same step is swapped
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            if main:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise storage_error(exc, target, newest) from exc
+        if main:
+            self._rotate_checkpoints(output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _rotate_checkpoints(self, output_dir: Path) -> None:
         limit = self.args.save_total_limit
@@ -396,9 +512,9 @@ class PPOTrainer(RoutingMixin, NonFiniteGuardMixin, Trainer):
             raise ModelError(f"{directory}: not a complete PPO checkpoint (no {STATE_FILE})")
         state = json.loads(state_path.read_text(encoding="utf-8"))
         self.models.load(directory)
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        load_whole_optimizer_state(self.optimizer, torch.load(directory / "optimizer.pt", weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-        rng = torch.load(directory / "rng_state.pt", weights_only=True)
+        rng = torch.load(directory / self._rng_file(), weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if torch.cuda.is_available() and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
