@@ -49,20 +49,25 @@ def launch_env() -> dict[str, str]:
     return env
 
 
-def accelerate_command(config: str, output_dir: Path, *overrides: str, launch_args: tuple[str, ...] = ()) -> list:
+def launch_command(config: str, module: str, *args: str, launch_args: tuple[str, ...] = ()) -> list[str]:
+    """`accelerate launch --config_file conf/accelerate/<config>.yaml [launch_args] -m <module> <args>` of this
+    interpreter."""
     return [
         sys.executable,
         "-m",
-        "accelerate.commands.launch",  # `accelerate launch` of this interpreter
+        "accelerate.commands.launch",
         "--config_file",
         str(CONFIGS / f"{config}.yaml"),
         *launch_args,
         "-m",
-        "forge_trl",
-        f"output_dir={output_dir}",
-        *COMMON,
-        *overrides,
+        module,
+        *args,
     ]
+
+
+def accelerate_command(config: str, output_dir: Path, *overrides: str, launch_args: tuple[str, ...] = ()) -> list:
+    """A forge training launch with the settings its one-process baseline shares (COMMON)."""
+    return launch_command(config, "forge_trl", f"output_dir={output_dir}", *COMMON, *overrides, launch_args=launch_args)
 
 
 def launch(config: str, output_dir: Path, *overrides: str, launch_args: tuple[str, ...] = (), timeout: int = 300):

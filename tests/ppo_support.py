@@ -1,18 +1,15 @@
 """Shared by the PPO tests: a reward model that depends on the response, and launching forge (or a probe
-module) as 2 CPU processes with `accelerate launch` and the shipped config files, as a user would."""
+module) as 2 CPU processes with `accelerate launch` and the shipped config files (tests/launch_support.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "conf" / "accelerate"
+from tests.launch_support import REPO, launch_command, launch_env
 
 
 def synthetic_reward_model(rm_final: Path, out_dir: Path, seed: int = 0) -> Path:
@@ -29,32 +26,8 @@ def synthetic_reward_model(rm_final: Path, out_dir: Path, seed: int = 0) -> Path
     return out_dir
 
 
-def launch_env() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "HYDRA_FULL_ERROR": "0",
-        "OMP_NUM_THREADS": "1",  # two processes on a 2-core machine: one thread each
-        "CUDA_VISIBLE_DEVICES": "",  # the gloo CPU path even where a GPU exists
-    }
-    env.pop("ACCELERATE_USE_CPU", None)  # forge must pick the CPU backend itself
-    return env
-
-
-def launch_command(config: str, module: str, *args: str) -> list[str]:
-    """`accelerate launch --config_file conf/accelerate/<config>.yaml -m <module> <args>` of this interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(CONFIGS / f"{config}.yaml"),
-        "-m",
-        module,
-        *args,
-    ]
-
-
-def launch(config: str, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def launch_module(config: str, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Launch any module (forge_trl, or the PPO probe) as the config's processes and wait for it."""
     return subprocess.run(
         launch_command(config, module, *args),
         cwd=REPO,

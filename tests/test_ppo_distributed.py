@@ -39,8 +39,9 @@ from forge_trl.models.loading import load_for_inference
 from forge_trl.models.run_info import read_run_info
 from forge_trl.trainers.callbacks import read_metrics
 from tests.injection_support import train_in_process
+from tests.launch_support import REPO, launch_command, launch_env
 from tests.ppo_probe import GRADIENTS, INITIAL, WHOLE, probe_run
-from tests.ppo_support import REPO, launch, launch_command, launch_env, synthetic_reward_model
+from tests.ppo_support import launch_module, synthetic_reward_model
 
 PER_PROCESS = 2
 COMMON = (
@@ -101,7 +102,7 @@ def ppo_overrides(output_dir: Path, reward_model: Path, steps: int, batch: int, 
 
 
 def launch_probe(config: str, probe_dir: Path, overrides: list[str], timeout: int = 400):
-    proc = launch(config, "tests.ppo_probe", str(probe_dir), *overrides, timeout=timeout)
+    proc = launch_module(config, "tests.ppo_probe", str(probe_dir), *overrides, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
