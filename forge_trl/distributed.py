@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
+from datetime import timedelta
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -31,21 +33,21 @@ FSDP_FLAG = "ACCELERATE_USE_FSDP"
 DEEPSPEED_FLAG = "ACCELERATE_USE_DEEPSPEED"
 
 
-def launched_world_size() -> int:
-    """How many processes the launcher started (1 when run as a plain `python -m forge_trl`)."""
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+def _launcher_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
         value = os.environ.get(name)
         if value and value.isdigit():
             return int(value)
-    return 1
+    return default
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (1 when run as a plain `python -m forge_trl`)."""
+    return _launcher_int(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1)
 
 
 def launched_rank() -> int:
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        value = os.environ.get(name)
-        if value and value.isdigit():
-            return int(value)
-    return 0
+    return _launcher_int(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0)
 
 
 def _has_accelerator() -> bool:
@@ -123,11 +125,9 @@ def state(timeout_s: float | None = None):
     """The process group's state (created on first use; a single process gets a trivial one)."""
     from accelerate import PartialState
 
-    if timeout_s is None or PartialState._shared_state:
-        return PartialState(cpu=_flag(CPU_FLAG))
-    from datetime import timedelta
-
-    return PartialState(cpu=_flag(CPU_FLAG), timeout=timedelta(seconds=timeout_s))
+    # The timeout reaches init_process_group only when this call creates the group; later calls return the state.
+    kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+    return PartialState(cpu=_flag(CPU_FLAG), **kwargs)
 
 
 def _stopped_by_launcher(signum, frame) -> None:
@@ -180,8 +180,6 @@ def peer_failure(exc: BaseException) -> str | None:
     lost = isinstance(exc, getattr(dist, "DistError", ())) or any(marker in lowered for marker in PEER_LOST_MARKERS)
     if not lost:
         return None
-    import re
-
     # gloo prefixes its messages with a source location ("[.../pair.cc:537] Read error ...").
     first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]) if text.strip() else type(exc).__name__
     first = first.split(". ")[0][:160]
