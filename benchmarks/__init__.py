@@ -8,6 +8,7 @@
 | `quality_injections` | held-out accuracy per injection strategy on a multi-style task mix                      |
 | `ppo_pipeline`     | SFT -> RM -> PPO on the demo suite, greedy and sampled                                    |
 | `soak_sft`         | resident-memory growth over a long SFT run                                                |
+| `fsdp_memory`      | per-process peak memory, 2-process FSDP2 against 1 process (full, LoRA, PPO on Qwen3-0.6B) |
 
 `harness` is the shared machinery (child processes, idle wait, step timing, peak memory, markdown tables);
 `plain_trl` is the plain TRL + PEFT side of bench_perf's comparisons and imports nothing from forge_trl.

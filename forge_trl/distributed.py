@@ -219,18 +219,32 @@ def is_sharded(model) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def full_state_dict(model) -> dict | None:
-    """The whole, unsharded state dict of an FSDP2-sharded `model`, on the main process, on CPU.
+def full_state_dict(model, names: set[str] | None = None) -> dict | None:
+    """The whole, unsharded state dict of an FSDP2-sharded `model` (only the entries in `names`, when given), on
+    the main process, on CPU.
 
-    A collective: every process must call it. Returns None on the other processes, and everywhere when `model` is
-    not sharded (then its live parameters are already whole). Keys are the model's own (`state_dict()`) names."""
+    A collective: every process must call it, with the same `names`. Returns None on the other processes, and
+    everywhere when `model` is not sharded (then its live parameters are already whole). Keys are the model's own
+    (`state_dict()`) names. Entries are gathered one at a time (`DTensor.full_tensor`), each moved to CPU on the
+    main process and dropped on the others, so a process holds at most one whole tensor besides its shards; a
+    tensor under two names (tied embeddings) is gathered once."""
     if not is_sharded(model):
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
-    # cpu_offload: each gathered tensor moves to CPU as it is assembled, and only rank 0 keeps them.
-    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return gathered if is_main_process() else None
+    main = is_main_process()
+    gathered: dict = {}
+    by_tensor: dict[int, object] = {}
+    # keep_vars: the parameters themselves, so that tied weights show as one object under both names.
+    for name, value in model.state_dict(keep_vars=True).items():
+        if names is not None and name not in names:
+            continue
+        if id(value) not in by_tensor:
+            whole = value.full_tensor() if isinstance(value, DTensor) else value
+            by_tensor[id(value)] = whole.detach().to("cpu", copy=True) if main else None
+        if main:
+            gathered[name] = by_tensor[id(value)]
+    return gathered if main else None
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -2,6 +2,8 @@
 no final/ left behind."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -110,14 +112,29 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_gives_one_line_error_and_exit_2(name, tmp_path):
-    content, overrides, fragment = CASES[name]
-    args = [f"output_dir={tmp_path / 'run'}", "task.max_steps=2", *overrides]
+def _run_case(name: str, case_dir: Path):
+    content, overrides, _ = CASES[name]
+    args = [f"output_dir={case_dir / 'run'}", "task.max_steps=2", *overrides]
     if content is not None:
-        (tmp_path / "data.jsonl").write_text(content, encoding="utf-8")
-        args.append(f"data.path={tmp_path / 'data.jsonl'}")
-    result = run_cli(*args, cwd=tmp_path if name != "not_a_model_dir" else None)
+        (case_dir / "data.jsonl").write_text(content, encoding="utf-8")
+        args.append(f"data.path={case_dir / 'data.jsonl'}")
+    return run_cli(*args, cwd=case_dir if name != "not_a_model_dir" else None)
+
+
+@pytest.fixture(scope="module")
+def case_results(tmp_path_factory) -> dict:
+    """Every case's CLI run, two at a time: each is a fresh `python -m forge_trl` whose time is mostly its imports
+    (one core each), so the machine's two cores run them side by side. Returns name -> (directory, result)."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in CASES}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_run_case, name, dirs[name]) for name in CASES}
+        return {name: (dirs[name], future.result()) for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_line_error_and_exit_2(name, case_results):
+    _, _, fragment = CASES[name]
+    tmp_path, result = case_results[name]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr + result.stdout
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]

@@ -160,6 +160,8 @@ def test_sft_killed_mid_run_resumes_to_the_same_weights_phase_and_handoff(sft_re
     assert handoff_scales(out) == pytest.approx(handoff_scales(sft_reference), abs=1e-12)
 
 
+# Slow: the SFT and PPO kill-and-resume tests (and the FSDP2 one in test_scale_out.py) cover the same path.
+@pytest.mark.slow
 def test_dpo_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     reference = tmp_path / "reference"
     forge(reference, *DPO)

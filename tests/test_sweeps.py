@@ -67,6 +67,8 @@ def test_sweep_report_cli_refuses_a_directory_that_is_not_a_sweep(tmp_path):
     assert result.returncode == 2 and "no job directories" in result.stderr
 
 
+# Slow: the grid sweep test above runs the same job machinery; this one adds the Optuna sweeper.
+@pytest.mark.slow
 def test_optuna_sweep_returns_the_bench_objective_of_each_trial(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"

@@ -93,6 +93,11 @@ class Injection(ABC, Generic[ConfigT]):
         source of the values instead of the live parameters: a sharded (FSDP2) model's live parameters are only
         this process's shards, so the run gathers them first (`forge_trl.distributed.full_state_dict`)."""
 
+    def saved_parameter_names(self, model: torch.nn.Module) -> set[str] | None:
+        """The parameters `save` reads, or None for the whole state dict. A sharded run gathers only these onto
+        the main process for final/, rather than the frozen base it does not write."""
+        return None
+
     @abstractmethod
     def load_weights(self, model: torch.nn.Module, ckpt_dir: Path) -> None:
         """Restore weights saved by `save` into a model that `apply` produced."""

@@ -158,6 +158,13 @@ class PeftInjection(Injection[LoraConfigT]):
     # Base weights trained by `base_ffn` phases live outside the adapter; a checkpoint carries them beside it.
     carries_base_ffn = False
 
+    def saved_parameter_names(self, model) -> set[str]:
+        """Every classified group's parameters (adapters, routers, a score head), and the base FFN weights only when
+        this checkpoint carries them (`_save_base_ffn`)."""
+        groups = self.parameter_groups(model)
+        keep_base_ffn = self.carries_base_ffn or self.trains_base_weights
+        return {name for group, names in groups.items() if group != "base_ffn" or keep_base_ffn for name in names}
+
     def save(self, model, out_dir: Path, state_dict=None) -> None:
         self._save_base_ffn(model, Path(out_dir), state_dict)
         if self.standard_peft:
