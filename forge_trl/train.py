@@ -221,12 +221,12 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
             log.warning("the last logged loss is %s", last_loss)
 
     trained = trainer.model
-    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering the whole
-    # state dict onto the main process, which writes final/ from it in the same format as a one-process run.
     # The optimizer's state (AdamW: two moments per trained weight) is not needed once training is over; freed
     # first, it is not held beside the gathered weights.
     if trainer.optimizer is not None:
         trainer.optimizer.state.clear()
+    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering what the
+    # injection writes onto the main process, which writes final/ from it in the same format as a one-process run.
     sharded = distributed.is_sharded(trained)
     gathered = distributed.full_state_dict(trained, injection.saved_parameter_names(trained))
     if sharded:

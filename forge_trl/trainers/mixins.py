@@ -182,9 +182,9 @@ class AtomicCheckpointMixin(TrainerBase):
         A parameter a phase schedule has not trained yet (base_ffn from step N, say) has none. One process saves
         that fine, but a sharded (DCP) optimizer checkpoint is loaded into a state that torch builds for every
         parameter that requires grad at load time (the schedule's whole union, before it enters the phase), and
-        DCP refuses a checkpoint that lacks one of them. The stand-in is the
-        state the optimizer starts from (zeros, step 0), which for AdamW continues exactly like no state. It is
-        removed again after the save, so the running optimizer is unchanged."""
+        DCP refuses a checkpoint that lacks one of them. The stand-in is the state the optimizer starts from
+        (zeros, step 0), which for AdamW continues exactly like no state. It is removed again after the save, so
+        the running optimizer is unchanged."""
         from forge_trl.distributed import is_sharded
 
         optimizer = getattr(self, "optimizer", None)
