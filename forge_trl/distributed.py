@@ -264,6 +264,12 @@ def write_launch_record(directory) -> None:
     (Path(directory) / LAUNCH_FILE).write_text(json.dumps(launch_record()), encoding="utf-8")
 
 
+def is_sharded_checkpoint(checkpoint) -> bool:
+    from pathlib import Path
+
+    return (Path(checkpoint) / SHARDED_WEIGHTS_DIR).is_dir()
+
+
 def check_resume_launch(checkpoint) -> None:
     """Refuse to resume `checkpoint` under a launch that cannot continue it exactly.
 
@@ -276,7 +282,7 @@ def check_resume_launch(checkpoint) -> None:
     from forge_trl.errors import ConfigError
 
     path = Path(checkpoint)
-    sharded = (path / SHARDED_WEIGHTS_DIR).is_dir()
+    sharded = is_sharded_checkpoint(path)
     record_file = path / LAUNCH_FILE
     saved = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else None
     now = launch_record()

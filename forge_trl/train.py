@@ -159,6 +159,13 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
     task.preflight(injection)
+    if resume_from and injection.trains_base_weights and distributed.is_sharded_checkpoint(resume_from):
+        # accelerate's sharded checkpoint of a PEFT model holds the adapter only; the base FFN weights a base_ffn
+        # phase trains would silently restart from the base model.
+        raise ConfigError(
+            f"resume: {resume_from} is a sharded (FSDP2) checkpoint and injection.phases train base_ffn, whose "
+            "weights it does not hold yet; resume without FSDP2 or start a new stage from final/"
+        )
 
     from transformers import set_seed
 

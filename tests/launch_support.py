@@ -133,3 +133,23 @@ def weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 def failure_output(proc: subprocess.CompletedProcess) -> str:
     return (proc.stdout + proc.stderr)[-4000:]
+
+
+def kill_job(launcher: subprocess.Popen) -> None:
+    """SIGKILL a launched job at once: the launcher and every process under it. (torchrun starts its workers in
+    their own sessions, so killing the launcher's process group would leave them training.)"""
+    import signal
+
+    import psutil
+
+    try:
+        processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=30)
+    launcher.wait(timeout=30)

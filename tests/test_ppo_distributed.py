@@ -25,8 +25,6 @@ moved them, with a looser tolerance than the gradients. Gradients and logged sta
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ from forge_trl.models.loading import load_for_inference
 from forge_trl.models.run_info import read_run_info
 from forge_trl.trainers.callbacks import read_metrics
 from tests.injection_support import train_in_process
-from tests.launch_support import REPO, launch_command, launch_env
+from tests.launch_support import REPO, kill_job, launch_command, launch_env
 from tests.ppo_probe import GRADIENTS, INITIAL, WHOLE, probe_run
 from tests.ppo_support import launch_module, synthetic_reward_model
 
@@ -241,15 +239,14 @@ def test_killed_sharded_ppo_resumes_to_the_uninterrupted_weights(reward_model, t
         env=launch_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the launcher and both training processes
+        start_new_session=True,  # no terminal signal from the test run reaches it
     )
     deadline = time.monotonic() + 300
     while not (out / "checkpoint-2" / "ppo_state.json").is_file():
         assert job.poll() is None, "the job ended before writing checkpoint-2"
         assert time.monotonic() < deadline, "no checkpoint-2 within 300 s"
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(timeout=60)
+    kill_job(job)  # the launcher and both training processes, at once
     assert not (out / "final").exists(), "the job finished before it was killed"
     checkpoint = out / "checkpoint-2"
     assert json.loads((checkpoint / "forge_launch.json").read_text()) == {"processes": 2, "fsdp": True}

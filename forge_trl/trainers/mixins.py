@@ -234,7 +234,7 @@ class AtomicCheckpointMixin(TrainerBase):
         from forge_trl.distributed import is_sharded
 
         if not isinstance(model, PeftModel) or self.optimizer is None or is_sharded(model):
-            # Sharded (FSDP2), the checkpoint is a DCP directory holding every weight, these included.
+            # Sharded (FSDP2), these would need gathering; resuming such a checkpoint is refused (train.py).
             return {}
         optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         return {name: p for name, p in model.named_parameters() if id(p) in optimized and "lora_" not in name}
