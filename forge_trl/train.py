@@ -23,6 +23,7 @@ from forge_trl.injection.base import Injection
 from forge_trl.injection.full import FullConfig, FullInjection
 from forge_trl.injection.routing import find_recorder
 from forge_trl.models.loading import ModelSource, resolve_precision, resolve_source
+from forge_trl.models.skeleton import preflight_injection
 from forge_trl.tasks import get_task
 
 log = logging.getLogger("forge_trl")
@@ -159,6 +160,8 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
     task.preflight(injection)
+    # The model's structure (meta device, no weights) is enough to know whether the injection fits it.
+    preflight_injection(source.base, injection, trust_remote_code=cfg.model.trust_remote_code)
     if resume_from and injection.trains_base_weights and distributed.is_sharded_checkpoint(resume_from):
         # accelerate's sharded checkpoint of a PEFT model holds the adapter only; the base FFN weights a base_ffn
         # phase trains would silently restart from the base model.

@@ -16,17 +16,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from forge_trl.injection.bundle import head_of, write_base_model
+
 LOADER = '''"""Load a forge_trl mixture_lora export with torch + transformers + safetensors (no forge_trl needed).
 
     from load_mixture_lora import load
-    model = load("path/to/export")          # AutoModelForCausalLM with the mixture adapter patched in
+    model = load("path/to/export")          # the base model (causal LM or reward model) with the mixture patched in
 """
 import json
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 
 class MixtureLoraLinear(torch.nn.Module):
@@ -53,8 +55,10 @@ class MixtureLoraLinear(torch.nn.Module):
 
 def load(path, **from_pretrained_kwargs):
     path = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
     spec = json.loads((path / "mixture_lora" / "adapter.json").read_text())
+    seq_cls = spec.get("head") == "seq_cls"
+    auto = transformers.AutoModelForSequenceClassification if seq_cls else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(path, **from_pretrained_kwargs)
     weights = load_file(str(path / "mixture_lora" / "adapter.safetensors"))
     for module_path in spec["modules"]:
         parent_path, _, child = module_path.rpartition(".")
@@ -72,7 +76,6 @@ def load(path, **from_pretrained_kwargs):
 def write_mixture_bundle(peft_model, layer_cls, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    hf = peft_model.get_base_model()
     tensors, modules, scaling, top_k = {}, [], None, None
     for name, module in peft_model.named_modules():
         if not isinstance(module, layer_cls):
@@ -83,15 +86,16 @@ def write_mixture_bundle(peft_model, layer_cls, out_dir: Path) -> None:
         tensors[f"{path}.lora_A"] = module.lora_A["default"].weight.detach().float().contiguous()
         tensors[f"{path}.lora_B"] = module.lora_B["default"].weight.detach().float().contiguous()
         scaling, top_k = module.scaling["default"], module.top_k["default"]
-    base_state = {
-        k.replace(".base_layer", ""): v for k, v in hf.state_dict().items() if "lora_" not in k and ".ref." not in k
-    }
-    base = type(hf)(hf.config)
-    base.load_state_dict(base_state, strict=True)
-    base.save_pretrained(out_dir, safe_serialization=True)
+    write_base_model(peft_model, out_dir)
     adapter_dir = Path(out_dir) / "mixture_lora"
     adapter_dir.mkdir()
     save_file(tensors, str(adapter_dir / "adapter.safetensors"))
-    spec = {"format": "forge_trl.mixture_lora/1", "scaling": scaling, "top_k": top_k, "modules": modules}
+    spec = {
+        "format": "forge_trl.mixture_lora/1",
+        "head": head_of(peft_model.get_base_model()),
+        "scaling": scaling,
+        "top_k": top_k,
+        "modules": modules,
+    }
     (adapter_dir / "adapter.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     (Path(out_dir) / "load_mixture_lora.py").write_text(LOADER, encoding="utf-8")

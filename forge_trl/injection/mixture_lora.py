@@ -15,7 +15,7 @@ a small standalone loader (see forge_trl/export).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -26,8 +26,9 @@ from peft.tuners.lora import LoraLayer
 from forge_trl.config import require
 from forge_trl.injection import INJECTIONS
 from forge_trl.injection.moe_expert_lora import StackedWeight
-from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
+from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, resolve_targets, select_layers
 from forge_trl.injection.routing import RoutingRecorder, attach_recorder
+from forge_trl.injection.targets import linear_types
 
 
 @dataclass
@@ -42,9 +43,10 @@ class MixtureLoraConfig(LoraShapeConfig):
     router_init_std: float = 0.02
     # Weight of the Switch balancing loss; 0 disables it (routing metrics are still logged).
     aux_loss_coef: float = 0.0
-    target_keywords: List[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    # Linear layers that get a mixture: last names or path suffixes (`attn.c_proj`). null: every attention and FFN
+    # linear the model has (fused expert tensors are not linear layers: on a native MoE model that is attention and
+    # any shared expert).
+    target_keywords: Optional[List[str]] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,7 +58,11 @@ class MixtureLoraConfig(LoraShapeConfig):
         )
         require(self.router_init_std > 0, "injection.router_init_std", "must be positive")
         require(self.aux_loss_coef >= 0, "injection.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
-        require(len(self.target_keywords) > 0, "injection.target_keywords", "must name at least one layer")
+        require(
+            self.target_keywords is None or len(self.target_keywords) > 0,
+            "injection.target_keywords",
+            "must name at least one layer, or be null for every attention and FFN layer",
+        )
 
 
 @dataclass
@@ -151,19 +157,24 @@ class MixtureLoraInjection(PeftInjection[MixtureLoraConfig]):
     standard_peft = False
     experts_share_base = True
 
+    def targets(self, model: torch.nn.Module) -> list[str]:
+        keywords = None if self.cfg.target_keywords is None else list(self.cfg.target_keywords)
+        modules, _ = resolve_targets(model, keywords, "injection.target_keywords", experts=False)
+        return modules
+
     def preflight(self, model: torch.nn.Module) -> None:
         select_layers(model, self.cfg.start_layer, self.cfg.num_layers)
-        check_target_keywords(model, self.cfg.target_keywords)
+        self.targets(model)
 
     def lora_config(self, model: torch.nn.Module, head: str):
         config = MixtureLoraPeftConfig(
             **self.lora_kwargs(model, head),
-            target_modules=list(self.cfg.target_keywords),
+            target_modules=self.targets(model),
             num_experts=self.cfg.num_experts,
             top_k=self.cfg.top_k,
             router_init_std=self.cfg.router_init_std,
         )
-        config._register_custom_module({torch.nn.Linear: MixtureLoraLinear})
+        config._register_custom_module({layer_type: MixtureLoraLinear for layer_type in linear_types()})
         return config
 
     def after_apply(self, model) -> None:

@@ -1,26 +1,31 @@
 """`moe_expert_lora`: every targeted dense FFN becomes a sparse mixture of LoRA experts (MixLoRA-style).
 
-Expert e is the frozen FFN plus its own LoRA on gate, up and down:
+Expert e is the frozen FFN with its own LoRA on every projection. For the gated FFN of Llama, Qwen3 or Gemma:
 
     expert_e(x) = (W_d + s B_d,e A_d,e) · [ act((W_g + s B_g,e A_g,e) x) * ((W_u + s B_u,e A_u,e) x) ]
 
+Phi-3's fused gate_up projection (one LoRA on it, split into gate and up halves) and GPT-2's plain FFN
+(act(c_fc x) into c_proj, Conv1D layers) become experts the same way (`FfnForm` below).
+
 A router (softmax in fp32, top-k, renormalised, initialised normal(0, 0.02)) sends each token to k experts and
 the layer returns sum_k w_k expert_k(x). The frozen projections are computed once per token, not once per expert:
-W_g x and W_u x are shared by all experts of a token, and because W_d is linear,
-sum_k w_k W_d h_k = W_d (sum_k w_k h_k), so the frozen down projection also runs once on the mixed hidden state.
-Only the rank-r LoRA products are per (token, expert).
+the input projections of a token are shared by all its experts, and because the output projection is affine and
+the weights sum to 1, sum_k w_k (W_d h_k + b) = W_d (sum_k w_k h_k) + b, so it also runs once on the mixed hidden
+state. Only the rank-r LoRA products are per (token, expert).
 
 Optionally, attention linears get plain LoRA (group `attn_lora`). The layer is a PEFT custom LoRA layer, so
 `disable_adapter()` gives back the dense FFN exactly and TRL's `ref` adapter copy covers routers and experts.
 With B = 0 at init every expert equals the FFN and the layer equals the dense model, so a fresh injection is
-the base model. Export turns the result into the native MoE architecture of the family (see forge_trl/export).
+the base model. Export turns the result into the native MoE architecture of the family where transformers has
+one (forge_trl/injection/moe_native.py), and otherwise into the base model plus the adapter and a standalone
+loader (forge_trl/injection/moe_bundle.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +35,48 @@ from peft.tuners.lora import LoraLayer
 from forge_trl.config import require
 from forge_trl.errors import ConfigError
 from forge_trl.injection import INJECTIONS
-from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, check_target_keywords, select_layers
+from forge_trl.injection.peft_base import LoraShapeConfig, PeftInjection, resolve_targets, select_layers
 from forge_trl.injection.routing import RoutingRecorder, attach_recorder
+from forge_trl.injection.targets import FFN_BLOCKS, dense_weight, features, layer_parts
 
-FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+@dataclass(frozen=True)
+class FfnForm:
+    """How one dense FFN computes, so that each expert can carry a LoRA on every projection.
+
+    `inputs` maps a LoRA role to the projection feeding the activation; `output` is the projection after it
+    (its role is always `down`). `dropout` names a dropout the FFN applies to its output (GPT-2), or None."""
+
+    kind: str
+    inputs: tuple[tuple[str, str], ...]
+    output: str
+    activation: str
+    dropout: Optional[str] = None
+
+    def matches(self, ffn: torch.nn.Module) -> bool:
+        names = [p for _, p in self.inputs] + [self.output, self.activation]
+        return all(hasattr(ffn, name) for name in names)
+
+    def hidden(self, ffn: torch.nn.Module, projected: list[torch.Tensor]) -> torch.Tensor:
+        """The activation's output from the input projections' outputs (same order as `inputs`)."""
+        act = getattr(ffn, self.activation)
+        if self.kind == "gated":
+            return act(projected[0]) * projected[1]
+        if self.kind == "fused_gated":
+            gate, up = projected[0].chunk(2, dim=-1)
+            return act(gate) * up
+        return act(projected[0])
+
+    def finish(self, ffn: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
+        return getattr(ffn, self.dropout)(out) if self.dropout else out
+
+
+FFN_FORMS = (
+    FfnForm("gated", (("gate", "gate_proj"), ("up", "up_proj")), "down_proj", "act_fn"),
+    FfnForm("fused_gated", (("gate_up", "gate_up_proj"),), "down_proj", "activation_fn"),
+    FfnForm("plain", (("fc", "c_fc"),), "c_proj", "act", dropout="dropout"),
+)
+ROLES = ("gate", "up", "gate_up", "fc", "down")
 
 
 @dataclass
@@ -47,8 +90,9 @@ class MoeExpertLoraConfig(LoraShapeConfig):
     router_init_std: float = 0.02
     # Weight of the Switch balancing loss N * sum_e f_e P_e (1.0 at perfect balance), added for every task.
     aux_loss_coef: float = 0.01
-    # Attention linears that get plain LoRA (group attn_lora); [] adapts only the FFN experts.
-    attn_target_keywords: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Attention linears that get plain LoRA (group attn_lora): last names or path suffixes. null: every attention
+    # linear the model has; []: only the FFN experts.
+    attn_target_keywords: Optional[List[str]] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,18 +123,14 @@ class StackedWeight(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.empty(num_experts, out_features, in_features))
 
 
-class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
-    """A dense gated FFN (gate_proj, up_proj, down_proj, act_fn) turned into a top-k mixture of LoRA experts."""
+def ffn_form(ffn: torch.nn.Module) -> FfnForm | None:
+    return next((form for form in FFN_FORMS if form.matches(ffn)), None)
 
-    adapter_layer_names = (
-        "lora_router",
-        "lora_gate_A",
-        "lora_gate_B",
-        "lora_up_A",
-        "lora_up_B",
-        "lora_down_A",
-        "lora_down_B",
-    )
+
+class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
+    """A dense FFN (any `FfnForm`) turned into a top-k mixture of LoRA experts."""
+
+    adapter_layer_names = ("lora_router", *(f"lora_{role}_{m}" for role in ROLES for m in ("A", "B")))
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "num_experts", "top_k")
 
     def __init__(
@@ -103,6 +143,10 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         **kwargs,
     ):
         torch.nn.Module.__init__(self)
+        form = ffn_form(base_layer)
+        if form is None:  # the injection's preflight names the FFN forms it serves
+            raise ConfigError(f"injection=moe_expert_lora: cannot turn {type(base_layer).__name__} into experts")
+        self.form: FfnForm = form  # before LoraLayer's init, which asks for the layer's features
         LoraLayer.__init__(self, base_layer)
         for name in self.adapter_layer_names:
             setattr(self, name, torch.nn.ModuleDict())
@@ -114,11 +158,15 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)
 
     def _get_in_out_features(self, module):
-        return module.gate_proj.in_features, module.gate_proj.in_features
+        hidden = features(getattr(module, self.form.output))[1]
+        return hidden, hidden
+
+    def projections(self) -> dict[str, str]:
+        """LoRA role -> projection attribute of the FFN, output (`down`) last."""
+        return {**dict(self.form.inputs), "down": self.form.output}
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, **kwargs) -> None:
         ffn = self.get_base_layer()
-        hidden, inter = ffn.gate_proj.in_features, ffn.gate_proj.out_features
         experts = config.num_experts
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
@@ -127,18 +175,19 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         self.top_k[adapter_name] = config.top_k
         dropout = torch.nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else torch.nn.Identity()
         self.lora_dropout[adapter_name] = dropout
+        hidden = features(getattr(ffn, self.form.output))[1]
         router = torch.nn.Linear(hidden, experts, bias=False)
         torch.nn.init.normal_(router.weight, mean=0.0, std=config.router_init_std)
         self.lora_router[adapter_name] = router
-        shapes = {"gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
-        for proj, (out_f, in_f) in shapes.items():
+        for role, projection in self.projections().items():
+            in_f, out_f = features(getattr(ffn, projection))
             a, b = StackedWeight(experts, r, in_f), StackedWeight(experts, out_f, r)
             for e in range(experts):  # PEFT's LoRA init, per expert: A Kaiming-uniform, B zero
                 torch.nn.init.kaiming_uniform_(a.weight[e], a=math.sqrt(5))
             torch.nn.init.zeros_(b.weight)
-            getattr(self, f"lora_{proj}_A")[adapter_name] = a
-            getattr(self, f"lora_{proj}_B")[adapter_name] = b
-        self._move_adapter_to_device_of_base_layer(adapter_name, device=ffn.gate_proj.weight.device)
+            getattr(self, f"lora_{role}_A")[adapter_name] = a
+            getattr(self, f"lora_{role}_B")[adapter_name] = b
+        self._move_adapter_to_device_of_base_layer(adapter_name, device=getattr(ffn, self.form.output).weight.device)
         self.set_adapter(self.active_adapters)
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -168,10 +217,11 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         """sum_k w_k expert_k(x) with the frozen projections computed once per token."""
         scale = self.scaling[adapter]
         dropout = self.lora_dropout[adapter]
-        A = {p: getattr(self, f"lora_{p}_A")[adapter].weight for p in ("gate", "up", "down")}
-        B = {p: getattr(self, f"lora_{p}_B")[adapter].weight for p in ("gate", "up", "down")}
-        lora_dtype = A["gate"].dtype
-        gate_base, up_base = ffn.gate_proj(tokens), ffn.up_proj(tokens)
+        roles = [role for role, _ in self.form.inputs]
+        A = {p: getattr(self, f"lora_{p}_A")[adapter].weight for p in (*roles, "down")}
+        B = {p: getattr(self, f"lora_{p}_B")[adapter].weight for p in (*roles, "down")}
+        lora_dtype = A["down"].dtype
+        base = {role: getattr(ffn, projection)(tokens) for role, projection in self.form.inputs}
         lora_in = dropout(tokens).to(lora_dtype)
         # (token, slot) pairs grouped by expert, so each expert's LoRA runs as one matmul over its tokens.
         num_tokens, k = indices.shape
@@ -180,7 +230,7 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
         pair_token = torch.arange(num_tokens, device=tokens.device).repeat_interleave(k)[order]
         pair_weight = weights.reshape(-1)[order].unsqueeze(-1)
         counts = torch.bincount(flat_expert, minlength=self.num_experts[adapter]).tolist()
-        mixed_hidden = gate_base.new_zeros(gate_base.shape)
+        mixed_hidden: torch.Tensor | None = None
         lora_down = tokens.new_zeros(tokens.shape)
         start = 0
         for e, count in enumerate(counts):
@@ -189,46 +239,62 @@ class MoeExpertLoraLayer(torch.nn.Module, LoraLayer):
             tok, w = pair_token[start : start + count], pair_weight[start : start + count]
             start += count
             xe = lora_in[tok]
-            gate = gate_base[tok] + (scale * ((xe @ A["gate"][e].T) @ B["gate"][e].T)).to(gate_base.dtype)
-            up = up_base[tok] + (scale * ((xe @ A["up"][e].T) @ B["up"][e].T)).to(up_base.dtype)
-            hidden = ffn.act_fn(gate) * up
+            projected = [
+                base[role][tok] + (scale * ((xe @ A[role][e].T) @ B[role][e].T)).to(base[role].dtype) for role in roles
+            ]
+            hidden = self.form.hidden(ffn, projected)
+            if mixed_hidden is None:
+                mixed_hidden = hidden.new_zeros(num_tokens, hidden.shape[-1])
             mixed_hidden.index_add_(0, tok, hidden * w)
             down = (dropout(hidden).to(lora_dtype) @ A["down"][e].T) @ B["down"][e].T
             lora_down.index_add_(0, tok, (scale * down).to(tokens.dtype) * w)
-        return ffn.down_proj(mixed_hidden) + lora_down
+        assert mixed_hidden is not None  # every token goes to k >= 1 experts
+        return self.form.finish(ffn, getattr(ffn, self.form.output)(mixed_hidden) + lora_down)
 
     # --------------------------------------------------------------------------------------------- export
     def expert_weights(self, adapter: str = "default") -> dict[str, torch.Tensor]:
-        """Materialised per-expert FFN weights: gate/up (N, I, H) and down (N, H, I), plus the router (N, H)."""
+        """Materialised per-expert weights W + s B_e A_e as (N, out, in) per role (`gate`, `up`, `down` for a
+        gated FFN), plus the router (N, H)."""
         ffn = self.get_base_layer()
         scale = self.scaling[adapter]
         out = {"router": self.lora_router[adapter].weight.detach().float()}
-        for proj in ("gate", "up", "down"):
-            base = getattr(ffn, f"{proj}_proj").weight.detach().float()
-            a = getattr(self, f"lora_{proj}_A")[adapter].weight.detach().float()
-            b = getattr(self, f"lora_{proj}_B")[adapter].weight.detach().float()
-            out[proj] = base.unsqueeze(0) + scale * torch.bmm(b, a)
+        for role, projection in self.projections().items():
+            base = dense_weight(getattr(ffn, projection)).float()
+            a = getattr(self, f"lora_{role}_A")[adapter].weight.detach().float()
+            b = getattr(self, f"lora_{role}_B")[adapter].weight.detach().float()
+            out[role] = base.unsqueeze(0) + scale * torch.bmm(b, a)
         return out
 
 
-def dense_ffn_class(model: torch.nn.Module) -> type:
-    """The FFN class of the first decoder layer, checked to be a dense gated FFN."""
-    decoder_layers = [m for n, m in model.named_modules() if n.endswith(".layers.0")]
-    ffn = getattr(decoder_layers[0], "mlp", None) if decoder_layers else None
+def dense_ffn(model: torch.nn.Module) -> tuple[str, type]:
+    """(block name inside a decoder layer, FFN class) of the first decoder layer, checked to be an FFN that
+    `FfnForm` can turn into experts."""
+    ffn = next(
+        (
+            (parts[1], module)
+            for name, module in model.named_modules()
+            if (parts := layer_parts(name)) is not None and parts[1] in FFN_BLOCKS
+        ),
+        None,
+    )
     if ffn is None:
-        raise ConfigError("injection=moe_expert_lora: cannot find the decoder layers' `mlp` FFN of this model")
-    missing = [p for p in (*FFN_PROJECTIONS, "act_fn") if not hasattr(ffn, p)]
-    if missing:
-        if hasattr(ffn, "experts"):
-            raise ConfigError(
-                f"injection=moe_expert_lora: {type(model).__name__} already has MoE FFNs "
-                f"({type(ffn).__name__}); use injection=native_moe_expert_lora for native MoE models"
-            )
         raise ConfigError(
-            f"injection=moe_expert_lora: the FFN {type(ffn).__name__} is not a gated FFN "
-            f"(missing {', '.join(missing)}); expected gate_proj, up_proj, down_proj and act_fn"
+            f"injection=moe_expert_lora: {type(model).__name__} has no FFN block ({', '.join(FFN_BLOCKS)}) in its "
+            "decoder layers; use injection=dense_lora or injection=mixture_lora"
         )
-    return type(ffn)
+    block, module = ffn
+    if hasattr(module, "experts"):
+        raise ConfigError(
+            f"injection=moe_expert_lora: {type(model).__name__} already has MoE FFNs ({type(module).__name__}); "
+            "use injection=native_moe_expert_lora for native MoE models"
+        )
+    if ffn_form(module) is None:
+        forms = "; ".join(f"{f.kind}: {', '.join(p for _, p in f.inputs)} -> {f.output}" for f in FFN_FORMS)
+        raise ConfigError(
+            f"injection=moe_expert_lora: the FFN {type(module).__name__} matches none of the forms it turns into "
+            f"experts ({forms}); use injection=dense_lora or injection=mixture_lora"
+        )
+    return block, type(module)
 
 
 @INJECTIONS.register("moe_expert_lora")
@@ -238,28 +304,49 @@ class MoeExpertLoraInjection(PeftInjection[MoeExpertLoraConfig]):
     standard_peft = False
     experts_share_base = True
 
+    def attention_targets(self, model: torch.nn.Module) -> list[str]:
+        keywords = self.cfg.attn_target_keywords
+        if keywords is not None and len(keywords) == 0:
+            return []
+        modules, _ = resolve_targets(
+            model,
+            None if keywords is None else list(keywords),
+            "injection.attn_target_keywords",
+            blocks=("attention",),
+            experts=False,
+        )
+        return modules
+
     def preflight(self, model: torch.nn.Module) -> None:
         select_layers(model, self.cfg.start_layer, self.cfg.num_layers)
-        dense_ffn_class(model)
-        check_target_keywords(model, self.cfg.attn_target_keywords, "injection.attn_target_keywords")
+        dense_ffn(model)
+        self.attention_targets(model)
 
     def lora_config(self, model: torch.nn.Module, head: str):
+        block, ffn_class = dense_ffn(model)
         config = MoeExpertLoraPeftConfig(
             **self.lora_kwargs(model, head),
-            target_modules=[*self.cfg.attn_target_keywords, "mlp"],
+            target_modules=[*self.attention_targets(model), block],
             num_experts=self.cfg.num_experts,
             top_k=self.cfg.top_k,
             router_init_std=self.cfg.router_init_std,
         )
-        config._register_custom_module({dense_ffn_class(model): MoeExpertLoraLayer})
+        config._register_custom_module({ffn_class: MoeExpertLoraLayer})
         return config
 
     def after_apply(self, model) -> None:
         attach_recorder(model, MoeExpertLoraLayer, self.cfg.aux_loss_coef)
 
     def export(self, model, out_dir) -> str:
-        from forge_trl.injection.moe_native import native_moe_model
+        """The family's native MoE where transformers has one (Qwen3 -> Qwen3-MoE, Llama/Mistral -> Mixtral),
+        otherwise the base model + the expert adapter + a standalone loader."""
+        from forge_trl.injection.moe_bundle import write_moe_bundle
+        from forge_trl.injection.moe_native import native_moe_model, native_moe_refusal
 
-        native = native_moe_model(model, MoeExpertLoraLayer, self.cfg)
-        native.save_pretrained(out_dir, safe_serialization=True)
-        return f"native MoE ({native.config.model_type})"
+        refusal = native_moe_refusal(model, MoeExpertLoraLayer)
+        if refusal is None:
+            native = native_moe_model(model, MoeExpertLoraLayer, self.cfg)
+            native.save_pretrained(out_dir, safe_serialization=True)
+            return f"native MoE ({native.config.model_type})"
+        write_moe_bundle(model, MoeExpertLoraLayer, out_dir)
+        return f"base model + moe_expert_lora adapter + load_moe_expert_lora.py ({refusal})"

@@ -21,6 +21,7 @@ import torch
 from forge_trl.config import InjectionConfig, require
 from forge_trl.errors import ConfigError, ModelError
 from forge_trl.injection.base import HEAD_SEQ_CLS, Injection
+from forge_trl.injection.targets import describe, discover, expert_targets_for, num_decoder_layers
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_NAME = "default"
@@ -55,21 +56,42 @@ LoraConfigT = TypeVar("LoraConfigT", bound=LoraShapeConfig)
 
 
 def check_target_keywords(model: torch.nn.Module, keywords: list[str], key: str = "injection.target_keywords") -> None:
-    """Every keyword must name a linear layer (or a parameter) of `model`."""
+    """Every keyword must name a linear layer (last name or path suffix) or a parameter of `model`; on a native MoE
+    model the dense FFN names (gate_proj, up_proj, down_proj) also name its fused experts."""
+    targets = discover(model)
     module_names = [name for name, _ in model.named_modules()]
     param_names = [name for name, _ in model.named_parameters()]
     for keyword in keywords:
-        if not any(n.split(".")[-1] == keyword for n in module_names) and not any(
+        if expert_targets_for(targets, [keyword]):
+            continue
+        if not any(n == keyword or n.endswith(f".{keyword}") for n in module_names) and not any(
             n.endswith(f".{keyword}") for n in param_names
         ):
-            linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-            raise ConfigError(
-                f"{key}: '{keyword}' matches no layer of this model; linear layers are: {', '.join(linear)}"
-            )
+            raise ConfigError(f"{key}: '{keyword}' matches no layer of this model; it offers {describe(targets)}")
 
 
-def num_decoder_layers(model: torch.nn.Module) -> int:
-    return int(model.config.get_text_config().num_hidden_layers)
+def resolve_targets(
+    model: torch.nn.Module,
+    keywords: list[str] | None,
+    key: str,
+    *,
+    blocks: tuple[str, ...] = ("attention", "ffn"),
+    experts: bool = True,
+) -> tuple[list[str], list[str]]:
+    """(PEFT target_modules, layer-relative fused expert parameters) for `keywords`, or, when they are null, for
+    every linear layer of `blocks` and (`experts`) every fused expert parameter the model has."""
+    targets = discover(model)
+    if keywords is None:
+        modules = [*(targets.attention if "attention" in blocks else ()), *(targets.ffn if "ffn" in blocks else ())]
+        params = list(targets.experts) if experts else []
+    else:
+        check_target_keywords(model, keywords, key)
+        names = [name for name, _ in model.named_modules()]
+        modules = [k for k in keywords if any(n == k or n.endswith(f".{k}") for n in names)]
+        params = expert_targets_for(targets, keywords) if experts else []
+    if not modules and not params:
+        raise ConfigError(f"{key}: nothing to adapt in this model; it offers {describe(targets)}")
+    return modules, params
 
 
 def is_attention_param(name: str) -> bool:
