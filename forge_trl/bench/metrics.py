@@ -3,11 +3,13 @@
 A held-out prompt is a row (`{prompt, [system]}`, or a bare prompt string) or a preference pair row. It takes the
 row -> TRL columns path that training rows take and goes through the one prompt renderer
 (forge_trl/data/prompts.py), so the model is asked exactly what it was trained on: system turn, chat template,
-generation prompt and special tokens included.
+generation prompt and special tokens included. A response ends at any of the model's stop ids
+(`prompts.stop_token_ids`: the tokenizer's EOS and every id of `generation_config.eos_token_id`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -22,15 +24,18 @@ from forge_trl.data.prompts import (
     is_conversational,
     render_sequence,
     split_preference,
+    stop_token_ids,
 )
 
 # A held-out prompt: a row with `prompt` and optionally `system` (extra fields ignored), or the bare prompt text.
 HeldOutPrompt = Union[dict, str]
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
 @dataclass
 class Generation:
-    """One sampled response: its text, its number of new tokens, and whether it ended with EOS in budget."""
+    """One sampled response: its text, its number of new tokens, and whether it ended with a stop id in budget."""
 
     text: str
     tokens: int
@@ -48,13 +53,14 @@ def generate_responses(
     temperature: float | None = None,
     progress: bool = False,
 ) -> list[Generation]:
-    """Responses to `prompts` (left-padded batches): greedy, or sampled at `temperature` when it is set."""
+    """Responses to `prompts` (left-padded batches): greedy, or sampled at `temperature` when it is set. A response
+    ends at the first of the model's stop ids (`stop_token_ids`), which is not part of its text."""
     from tqdm.auto import tqdm
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs = []
-    eos = tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, model)
     try:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
@@ -67,13 +73,13 @@ def generate_responses(
                 temperature=temperature,
                 top_k=0 if temperature is not None else None,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
+                eos_token_id=stops,
             )
             for row in generated[:, batch["input_ids"].shape[1] :].tolist():
-                # generate() pads finished rows with pad (which may equal eos): the response ends at the first eos.
-                stopped = eos in row
-                kept = row[: row.index(eos)] if stopped else row
-                outputs.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), stopped))
+                # generate() pads finished rows with pad (which may be a stop id): the response ends at the first stop.
+                end = next((i for i, token in enumerate(row) if token in stops), None)
+                kept = row if end is None else row[:end]
+                outputs.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), end is not None))
     finally:
         tokenizer.padding_side = side
     return outputs
@@ -163,6 +169,18 @@ def reward_scores(
     finally:
         tokenizer.padding_side = side
     return scores
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer part of a reply, for the checkers: without `<think>...</think>` blocks, without a `<think>` block
+    that never closes (at the start, the whole reply is reasoning), and without the reasoning before a leading
+    `</think>` (a reply that begins inside a block its generation prompt opened, as Qwen3.5's does)."""
+    close, opened = text.find(THINK_CLOSE), text.find(THINK_OPEN)
+    if close != -1 and (opened == -1 or close < opened):
+        text = text[close + len(THINK_CLOSE) :]
+    text = _THINK_BLOCK.sub("", text)
+    opened = text.find(THINK_OPEN)  # a block never closed: reasoning to the end (all of it, at the start)
+    return (text if opened == -1 else text[:opened]).strip()
 
 
 def checker_accuracy(responses: Sequence[str], answers: Sequence[str], check) -> float:

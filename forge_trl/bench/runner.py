@@ -17,13 +17,13 @@ from __future__ import annotations
 import gc
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from forge_trl.bench import metrics as M
 from forge_trl.config.bench import BenchConfig
-from forge_trl.data.prompts import heldout_text
+from forge_trl.data.prompts import heldout_text, set_chat_template_kwargs
 from forge_trl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,22 @@ class Bench:
         self.judge = make_judge(cfg.judge)
 
     # ----- shared resources, loaded once per bench ------------------------------------------------------
+    def bind_template_kwargs(self, tokenizer, run_info) -> None:
+        """Render for this checkpoint with `bench.chat_template_kwargs`, or else the `data.chat_template_kwargs` it
+        was trained with (recorded in its forge_run.json)."""
+        kwargs = self.cfg.chat_template_kwargs
+        if kwargs is None:
+            kwargs = run_info.data.get("chat_template_kwargs") if run_info is not None else None
+        set_chat_template_kwargs(tokenizer, kwargs)
+
     def reward_model(self, path: str):
         if path not in self._reward_models:
+            from forge_trl.models.loading import resolve_source
             from forge_trl.rl.reward import load_reward_model
 
-            self._reward_models[path] = load_reward_model(path)
+            rm, tokenizer = load_reward_model(path)
+            self.bind_template_kwargs(tokenizer, resolve_source(path).run_info)
+            self._reward_models[path] = (rm, tokenizer)
         return self._reward_models[path]
 
     def sampled_prompts(self) -> list[dict | str]:
@@ -127,7 +138,8 @@ class Bench:
             from forge_trl.models.loading import load_for_inference
 
             if model is None:
-                model, tokenizer, _ = load_for_inference(path)
+                model, tokenizer, run_info = load_for_inference(path)
+                self.bind_template_kwargs(tokenizer, run_info)
             torch.manual_seed(self.cfg.seed)
             self._responses[key] = M.generate_responses(
                 model,
@@ -180,16 +192,19 @@ class Bench:
     def _evaluate_policy(self, path: str, info: CheckpointInfo) -> dict:
         from forge_trl.models.loading import load_for_inference
 
-        model, tokenizer, _ = load_for_inference(path)
+        model, tokenizer, run_info = load_for_inference(path)
+        self.bind_template_kwargs(tokenizer, run_info)
         gens = self.responses(path, model, tokenizer)
         heldout = self.heldout
+        # The checkers score the answer; a reasoning block before it is not part of it (bench.strip_reasoning).
+        answered = [replace(g, text=M.strip_reasoning(g.text)) for g in gens] if self.cfg.strip_reasoning else gens
         result: dict = {
-            "format_compliance": M.format_compliance(gens, self.cfg.format_regex),
+            "format_compliance": M.format_compliance(answered, self.cfg.format_regex),
             **M.length_stats([g.tokens for g in gens]),
         }
         if heldout.check is not None:
             answers = [a for a in heldout.answers for _ in range(self.cfg.samples_per_prompt)]
-            checked = [(g.text, a) for g, a in zip(gens, answers) if a is not None]
+            checked = [(g.text, a) for g, a in zip(answered, answers) if a is not None]
             result["checker_accuracy"] = M.checker_accuracy(
                 [r for r, _ in checked], [a for _, a in checked], heldout.check
             )

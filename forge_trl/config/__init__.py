@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, get_args
+from typing import Any, Dict, List, Literal, Mapping, Optional, get_args
 
 from omegaconf import MISSING
 
@@ -23,6 +23,21 @@ from forge_trl.config.bench import BenchConfig
 from forge_trl.errors import ConfigError, did_you_mean, require  # noqa: F401  (schemas elsewhere import require from here)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# `apply_chat_template` arguments forge sets per rendering; `data.chat_template_kwargs` may not override them.
+TEMPLATE_CALL_ARGUMENTS = frozenset(
+    (
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "chat_template",
+        "tools",
+        "documents",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "conversation",
+        "messages",
+    )
+)
 DataLayout = Literal["text", "sft", "preference", "prompted_preference", "prompt_only", "unpaired_preference"]
 DATA_LAYOUTS: tuple[str, ...] = get_args(DataLayout)
 
@@ -80,6 +95,9 @@ class DataConfig:
     max_length: int = 512
     # Render prompt/response rows with the tokenizer's chat template (when it has one).
     chat_template: bool = True
+    # Extra variables for the chat template, passed wherever a prompt or sequence is rendered (training, the
+    # empty-label filter, the token cache, PPO, the bench), e.g. `{enable_thinking: false}` for Qwen3.
+    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     # Use at most this many rows (after shuffling with `seed`); null: all.
     max_rows: Optional[int] = None
     # Deprecated: the old name of `layout` (it never named a task), moved there with a warning.
@@ -102,6 +120,15 @@ class DataConfig:
         )
         require(self.max_length > 0, "data.max_length", f"must be positive, got {self.max_length}")
         require(self.max_rows is None or self.max_rows > 0, "data.max_rows", "must be positive")
+        kwargs = self.chat_template_kwargs
+        require(
+            isinstance(kwargs, Mapping) and all(isinstance(name, str) for name in kwargs),
+            "data.chat_template_kwargs",
+            f"expected a mapping of names to values such as {{enable_thinking: false}}, got {kwargs!r}",
+        )
+        reserved = sorted(set(kwargs) & TEMPLATE_CALL_ARGUMENTS)
+        require(not reserved, "data.chat_template_kwargs", f"'{''.join(reserved[:1])}' is set by forge; remove it")
+        self.chat_template_kwargs = dict(kwargs)
 
 
 PARAMETER_GROUPS = ("lora", "attn_lora", "router", "base_ffn", "score")

@@ -7,7 +7,7 @@ a metric to the sweeper (`bench.objective`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional
 
 from forge_trl.errors import require
 
@@ -70,6 +70,13 @@ class BenchConfig:
     samples_per_prompt: int = 1
     # A regular expression every response must fully match to comply with the format (besides ending).
     format_regex: Optional[str] = None
+    # The checkers (checker_accuracy, format_compliance) score the answer after a reasoning block: a
+    # `<think>...</think>` block, an unterminated `<think>` at the start, or a reply that opens inside the block a
+    # generation prompt began (it then starts with the reasoning and `</think>`). false: they score the whole reply.
+    strip_reasoning: bool = True
+    # Extra chat-template variables for the prompts (e.g. {enable_thinking: false}). null: those each checkpoint was
+    # trained with (`data.chat_template_kwargs`, from its forge_run.json); none for a plain model directory or hub id.
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
     # A forge RM checkpoint that scores each policy's responses (rm_score, and its correlation with length).
     # null: RL checkpoints (PPO, GRPO, RLOO) use the reward model they were trained against.
     reward_model: Optional[str] = None
@@ -97,6 +104,11 @@ class BenchConfig:
             self.format_regex is None or _compiles(self.format_regex),
             "bench.format_regex",
             f"'{self.format_regex}' is not a valid regular expression",
+        )
+        require(
+            self.chat_template_kwargs is None or isinstance(self.chat_template_kwargs, Mapping),
+            "bench.chat_template_kwargs",
+            f"expected a mapping such as {{enable_thinking: false}} (or null), got {self.chat_template_kwargs!r}",
         )
         require(
             self.objective in OBJECTIVES,

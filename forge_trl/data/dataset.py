@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from forge_trl.config import DataConfig
 from forge_trl.data.demo_suite import DEMO_FILES, ensure_demo_suite
 from forge_trl.data.filters import convert_and_filter
+from forge_trl.data.prompts import set_chat_template_kwargs, trl_rows
 from forge_trl.data.rows import read_rows
 from forge_trl.data.token_cache import is_processed_cache, load_cache
 from forge_trl.errors import ConfigError, DataError
@@ -55,8 +56,12 @@ def load_split(
 ) -> tuple[list[dict] | Dataset, int, int]:
     """One file as TRL columns, empty labels filtered: (rows or Dataset, rows read, rows filtered).
 
-    With `data.format=processed`, a directory written by `python -m forge_trl.preprocess` loads as its tokenized
-    Dataset, after checking that it was built for this tokenizer, chat template and max_length."""
+    The rows are rendered as the model's template can render them, with `data.chat_template_kwargs` (bound to
+    `tokenizer` here for every later renderer, and given to TRL as its `chat_template_kwargs` column; see
+    forge_trl/data/prompts.py). With `data.format=processed`, a directory written by `python -m forge_trl.preprocess`
+    loads as its tokenized Dataset, after checking that it was built for this tokenizer, chat template, template
+    kwargs and max_length."""
+    set_chat_template_kwargs(tokenizer, data.chat_template_kwargs)
     if is_processed_cache(path):
         if data.format != "processed":
             raise DataError(
@@ -67,7 +72,7 @@ def load_split(
     if apply_max_rows and data.max_rows is not None and len(rows) > data.max_rows:
         rows = random.Random(0).sample(rows, data.max_rows)
     kept, _, dropped = convert_and_filter(rows, layout, data, tokenizer)
-    return kept, len(rows), dropped
+    return trl_rows(tokenizer, kept), len(rows), dropped
 
 
 def prepare_data(layout: str, data: DataConfig, tokenizer, task_name: str | None = None) -> PreparedData:
@@ -86,6 +91,8 @@ def prepare_data(layout: str, data: DataConfig, tokenizer, task_name: str | None
     if len(train_rows) == 0:
         raise DataError(f"data.max_rows={data.max_rows} drew only rows the empty-label filter dropped", path=train_path)
     stats = {"train_path": train_path, "train_rows": len(train_rows), "rows_read": read, "filtered_empty": dropped}
+    if data.chat_template_kwargs:  # recorded in forge_run.json, where the bench reads them back
+        stats["chat_template_kwargs"] = dict(data.chat_template_kwargs)
     eval_ds = None
     if eval_path is not None:
         eval_rows, _, eval_dropped = load_split(

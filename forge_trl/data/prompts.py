@@ -13,17 +13,112 @@ TRL 1.16's trainers (`trl.data_utils._tokenize`, used by SFTTrainer, DPOTrainer 
   that add one), after appending EOS to a completion.
 Rendering to text first and encoding with `add_special_tokens` set that way gives the same ids, and lets callers
 encode many rows in one batch.
+
+Two settings of a real model's template are decided here too, for every renderer and for TRL alike:
+- `data.chat_template_kwargs` (e.g. `{enable_thinking: false}` for Qwen3) is bound to the run's tokenizer
+  (`set_chat_template_kwargs`) and passed to every render; TRL gets the same dict as its `chat_template_kwargs`
+  column (`trl_rows`) or config field (GRPO, RLOO; forge_trl/tasks/base.py).
+- A template that rejects a system turn (raises) or drops it from a rendering (Mistral's renders it only with the
+  last user turn) gets the system text merged into the first user turn (system text, a blank line, user text), as
+  Gemma 3's and Mistral's own templates join them; logged once per template (`fit_system_turn`).
+
+`stop_token_ids` is the other end of a reply: every token id that ends one (the tokenizer's EOS and each id of the
+model's `generation_config.eos_token_id`), for the bench's and PPO's generation.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import logging
+from typing import Mapping, Sequence
 
 from forge_trl.data.formats import to_trl_columns
 from forge_trl.data.rows import Row
 
+log = logging.getLogger(__name__)
+
 # Where a held-out row given as a bare dict or string says it came from, in a DataError.
 HELDOUT_SOURCE = "<held-out row>"
+# The tokenizer attribute that holds the run's `data.chat_template_kwargs` (see `set_chat_template_kwargs`).
+TEMPLATE_KWARGS_ATTR = "forge_chat_template_kwargs"
+# TRL's per-row column of extra template variables (SFT, DPO, KTO, Reward, ORPO and CPO read it).
+TEMPLATE_KWARGS_COLUMN = "chat_template_kwargs"
+# The text joining a merged system turn to the first user turn (Gemma 3's and Mistral's own join).
+SYSTEM_JOIN = "\n\n"
+_PROBE = {"system": "forge system probe", "user": "forge user probe", "assistant": "forge reply probe"}
+_system_support: dict[tuple[str, str], bool] = {}  # (template, kwargs) -> renders a system turn everywhere
+
+
+def set_chat_template_kwargs(tokenizer, kwargs: Mapping | None) -> None:
+    """Bind `data.chat_template_kwargs` to the tokenizer that renders this run's rows, so that every renderer
+    below (the empty-label filter, the token cache, PPO's prompts, the bench) passes them to the template.
+    Not saved with the tokenizer: a checkpoint records them in forge_run.json (`data`), where the bench reads them."""
+    setattr(tokenizer, TEMPLATE_KWARGS_ATTR, dict(kwargs or {}))
+
+
+def chat_template_kwargs(tokenizer) -> dict:
+    """The extra template variables bound to `tokenizer` (empty when none were)."""
+    return dict(getattr(tokenizer, TEMPLATE_KWARGS_ATTR, None) or {})
+
+
+def _render(tokenizer, messages: list[dict], **options) -> str:
+    return tokenizer.apply_chat_template(
+        fit_system_turn(tokenizer, messages), tokenize=False, **options, **chat_template_kwargs(tokenizer)
+    )
+
+
+def system_turn_supported(tokenizer) -> bool:
+    """Whether the chat template renders a system turn both in a prompt (with the generation prompt) and in a
+    prompt + reply; probed once per template and kwargs."""
+    from jinja2.exceptions import TemplateError
+
+    kwargs = chat_template_kwargs(tokenizer)
+    key = (str(tokenizer.chat_template), json.dumps(kwargs, sort_keys=True, default=str))
+    if key not in _system_support:
+        turns = [{"role": role, "content": text} for role, text in _PROBE.items()]
+        try:
+            prompt = tokenizer.apply_chat_template(turns[:2], tokenize=False, add_generation_prompt=True, **kwargs)
+            full = tokenizer.apply_chat_template(turns, tokenize=False, **kwargs)
+            supported = _PROBE["system"] in prompt and _PROBE["system"] in full
+        except TemplateError:
+            supported = False
+        if not supported:
+            log.warning(
+                "the chat template rejects or drops a system turn: a row's system text (its `system` field or system "
+                "message) is merged into its first user turn, followed by a blank line"
+            )
+        _system_support[key] = supported
+    return _system_support[key]
+
+
+def fit_system_turn(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` as this tokenizer's template can render them: a leading system turn the template rejects or
+    drops becomes the start of the first user turn (`SYSTEM_JOIN` between them); otherwise unchanged."""
+    if not messages or messages[0].get("role") != "system" or system_turn_supported(tokenizer):
+        return messages
+    system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+    if rest and rest[0].get("role") == "user":
+        rest[0]["content"] = f"{system}{SYSTEM_JOIN}{rest[0]['content']}"
+    else:
+        rest.insert(0, {"role": "user", "content": system})
+    return rest
+
+
+def trl_rows(tokenizer, rows: list[dict]) -> list[dict]:
+    """TRL columns as TRL's trainers must render them with this tokenizer: system turns fitted to the template
+    (`fit_system_turn`) and, when kwargs are bound, TRL's `chat_template_kwargs` column on every row (all rows
+    or none: a dataset column must be present in each)."""
+    kwargs = chat_template_kwargs(tokenizer)
+    out = []
+    for row in rows:
+        row = dict(row)
+        for column in ("prompt", "messages"):
+            if is_conversational(row.get(column)):
+                row[column] = fit_system_turn(tokenizer, row[column])
+        if kwargs:
+            row[TEMPLATE_KWARGS_COLUMN] = dict(kwargs)
+        out.append(row)
+    return out
 
 
 def uses_chat_template(tokenizer, chat_template: bool = True) -> bool:
@@ -43,7 +138,7 @@ def render_prompt(tokenizer, prompt) -> str:
     """The prompt text the model is given: a message list through the chat template with the generation prompt,
     plain text as it is."""
     if is_conversational(prompt):
-        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return _render(tokenizer, prompt, add_generation_prompt=True)
     return prompt
 
 
@@ -51,7 +146,7 @@ def render_sequence(tokenizer, prompt, completion) -> str:
     """Prompt + completion as one training sequence: one conversation through the chat template (no generation
     prompt), or plain text with EOS appended to the completion."""
     if is_conversational(prompt):
-        return tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+        return _render(tokenizer, prompt + completion)
     return prompt + with_eos(completion, tokenizer.eos_token)
 
 
@@ -146,3 +241,13 @@ def heldout_text(row: dict | str | Row) -> str:
     data = row.data if isinstance(row, Row) else {"prompt": row} if isinstance(row, str) else row
     system = data.get("system")
     return f"{system}\n\n{data['prompt']}" if isinstance(system, str) and system.strip() else data["prompt"]
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token id that ends a reply: the tokenizer's EOS, then each id of the model's
+    `generation_config.eos_token_id` (an int or a list; chat models list their end-of-turn tokens there, e.g.
+    Gemma 3's `<end_of_turn>` beside `<eos>`). TRL's GRPOTrainer and RLOOTrainer build their stop ids by the same
+    rule; the bench and forge's PPO use this one."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id] + ([configured] if isinstance(configured, int) else list(configured or []))
+    return [int(i) for n, i in enumerate(ids) if i is not None and i not in ids[:n]]

@@ -15,8 +15,9 @@ DPO trainer (`PretokenizedPreferenceMixin` in forge_trl/trainers/mixins.py) retu
 and the truncation mode still behave as on raw rows.
 
 The cache is keyed by what decides the token ids and the rows kept: the tokenizer (a hash of its serialized
-vocabulary, merges, normalizers and special tokens), the chat template actually applied, `data.max_length` (the
-empty-label filter depends on it), the layout, the trainer family and the TRL version. Loading a cache under a
+vocabulary, merges, normalizers and special tokens), the chat template actually applied and
+`data.chat_template_kwargs` (when set), `data.max_length` (the empty-label filter depends on it), the layout, the
+trainer family and the TRL version. Loading a cache under a
 different key is refused with a DataError naming each difference.
 """
 
@@ -29,8 +30,9 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from forge_trl.data.prompts import document_ids, split_completion, split_preference
+from forge_trl.data.prompts import document_ids, set_chat_template_kwargs, split_completion, split_preference
 from forge_trl.errors import ConfigError, DataError
 from forge_trl.files import write_dir_atomically
 
@@ -47,6 +49,7 @@ PRETOKENIZED_PREFERENCE_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 KEY_NAMES = {
     "tokenizer": "tokenizer",
     "chat_template": "chat template",
+    "chat_template_kwargs": "data.chat_template_kwargs",
     "max_length": "data.max_length",
     "layout": "data.layout",
     "trainer": "trainer",
@@ -96,11 +99,21 @@ def applied_chat_template(tokenizer, use_chat_template: bool) -> str | None:
     return template if use_chat_template and template else None
 
 
-def cache_key(tokenizer, *, use_chat_template: bool, max_length: int, layout: str, trainer: str) -> dict:
+def cache_key(
+    tokenizer,
+    *,
+    use_chat_template: bool,
+    max_length: int,
+    layout: str,
+    trainer: str,
+    template_kwargs: Mapping | None = None,
+) -> dict:
+    """The key a cache is built under. `template_kwargs` (`data.chat_template_kwargs`) joins it only when the rows
+    are rendered with a template and it is not empty, so caches built before the setting existed stay valid."""
     import trl
 
     template = applied_chat_template(tokenizer, use_chat_template)
-    return {
+    key = {
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "chat_template": _sha(template) if template is not None else None,
         "max_length": max_length,
@@ -109,6 +122,9 @@ def cache_key(tokenizer, *, use_chat_template: bool, max_length: int, layout: st
         "trl": trl.__version__,
         "format_version": FORMAT_VERSION,
     }
+    if template is not None and template_kwargs:
+        key["chat_template_kwargs"] = json.loads(json.dumps(dict(template_kwargs), sort_keys=True, default=str))
+    return key
 
 
 def describe_key_differences(built: dict, wanted: dict) -> list[str]:
@@ -120,8 +136,10 @@ def describe_key_differences(built: dict, wanted: dict) -> list[str]:
 
 
 def _show(key: str, value) -> str:
-    if key == "chat_template" and value is None:
+    if key in ("chat_template", "chat_template_kwargs") and value is None:
         return "none"
+    if key == "chat_template_kwargs":
+        return json.dumps(value, sort_keys=True)
     if key in ("tokenizer", "chat_template"):
         return f"#{value}"
     return str(value)
@@ -226,8 +244,14 @@ def build_cache(
     source, out = Path(source_path).expanduser(), Path(out).expanduser()
     if is_processed_cache(source):
         raise ConfigError(f"data.path={source} is already a processed cache; point data.path at the raw rows")
+    set_chat_template_kwargs(tokenizer, data.chat_template_kwargs)
     key = cache_key(
-        tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout, trainer=trainer
+        tokenizer,
+        use_chat_template=data.chat_template,
+        max_length=data.max_length,
+        layout=layout,
+        trainer=trainer,
+        template_kwargs=data.chat_template_kwargs,
     )
     digest = source_digest(source) if source.exists() else None
     if out.exists():
@@ -291,13 +315,18 @@ def load_cache(path: str, layout: str, data, tokenizer, *, apply_max_rows: bool,
             path=str(path),
         )
     wanted = cache_key(
-        tokenizer, use_chat_template=data.chat_template, max_length=data.max_length, layout=layout, trainer=trainer
+        tokenizer,
+        use_chat_template=data.chat_template,
+        max_length=data.max_length,
+        layout=layout,
+        trainer=trainer,
+        template_kwargs=data.chat_template_kwargs,
     )
     differences = describe_key_differences(built, wanted)
     if differences:
         raise DataError(
             f"stale processed data: built for {'; '.join(differences)}; rerun python -m forge_trl.preprocess with "
-            "this run's model, data.max_length and data.chat_template",
+            "this run's model, data.max_length, data.chat_template and data.chat_template_kwargs",
             path=str(path),
         )
     dataset = load_from_disk(str(Path(path).expanduser()))

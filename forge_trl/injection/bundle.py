@@ -13,6 +13,31 @@ import torch
 
 from forge_trl.injection.base import HEAD_CAUSAL_LM, HEAD_SEQ_CLS
 
+# Where a bundle's loader script gets its base model (pasted into each loader at LOAD_BASE_MARKER): transformers'
+# auto class for the head, or, for a reward model of a family transformers maps no classification class to, the
+# class that the export's load_reward_model.py declares (forge_trl/models/score_head.py writes it).
+LOAD_BASE_MARKER = "# <load_base>\n"
+LOAD_BASE = """
+def load_base(path, head, **from_pretrained_kwargs):
+    declared = Path(path) / "load_reward_model.py"
+    if head == "seq_cls" and declared.is_file():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("load_reward_model", declared)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.load(path, **from_pretrained_kwargs)
+    seq_cls = head == "seq_cls"
+    auto = transformers.AutoModelForSequenceClassification if seq_cls else transformers.AutoModelForCausalLM
+    return auto.from_pretrained(path, **from_pretrained_kwargs)
+"""
+
+
+def loader_script(template: str) -> str:
+    """A bundle loader's text: `template` with the shared base-model loading pasted in."""
+    return template.replace(LOAD_BASE_MARKER, LOAD_BASE)
+
+
 # A reward model's score head is a PEFT modules_to_save copy: the trained copy is the real one.
 TRAINED_COPY = ".modules_to_save.default."
 

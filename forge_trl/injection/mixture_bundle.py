@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forge_trl.injection.bundle import head_of, write_base_model
+from forge_trl.injection.bundle import head_of, loader_script, write_base_model
 
 LOADER = '''"""Load a forge_trl mixture_lora export with torch + transformers + safetensors (no forge_trl needed).
 
@@ -53,12 +53,12 @@ class MixtureLoraLinear(torch.nn.Module):
         return result + (self.scaling * delta).to(result.dtype).reshape(*x.shape[:-1], -1)
 
 
+# <load_base>
+
 def load(path, **from_pretrained_kwargs):
     path = Path(path)
     spec = json.loads((path / "mixture_lora" / "adapter.json").read_text())
-    seq_cls = spec.get("head") == "seq_cls"
-    auto = transformers.AutoModelForSequenceClassification if seq_cls else transformers.AutoModelForCausalLM
-    model = auto.from_pretrained(path, **from_pretrained_kwargs)
+    model = load_base(path, spec.get("head", "causal_lm"), **from_pretrained_kwargs)
     weights = load_file(str(path / "mixture_lora" / "adapter.safetensors"))
     for module_path in spec["modules"]:
         parent_path, _, child = module_path.rpartition(".")
@@ -98,4 +98,4 @@ def write_mixture_bundle(peft_model, layer_cls, out_dir: Path) -> None:
         "modules": modules,
     }
     (adapter_dir / "adapter.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    (Path(out_dir) / "load_mixture_lora.py").write_text(LOADER, encoding="utf-8")
+    (Path(out_dir) / "load_mixture_lora.py").write_text(loader_script(LOADER), encoding="utf-8")

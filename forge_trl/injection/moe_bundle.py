@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forge_trl.injection.bundle import head_of, merge_plain_lora, write_base_model
+from forge_trl.injection.bundle import head_of, loader_script, merge_plain_lora, write_base_model
 
 LOADER_NAME = "load_moe_expert_lora.py"
 LOADER = '''"""Load a forge_trl moe_expert_lora export with torch + transformers + safetensors (no forge_trl needed).
@@ -81,12 +81,12 @@ class MoeExpertLoraFFN(torch.nn.Module):
         return out.reshape(x.shape)
 
 
+# <load_base>
+
 def load(path, **from_pretrained_kwargs):
     path = Path(path)
     adapter = json.loads((path / "moe_expert_lora" / "adapter.json").read_text())
-    seq_cls = adapter["head"] == "seq_cls"
-    auto = transformers.AutoModelForSequenceClassification if seq_cls else transformers.AutoModelForCausalLM
-    model = auto.from_pretrained(path, **from_pretrained_kwargs)
+    model = load_base(path, adapter["head"], **from_pretrained_kwargs)
     tensors = load_file(str(path / "moe_expert_lora" / "adapter.safetensors"))
     for spec in adapter["ffns"]:
         parent_path, _, child = spec["module"].rpartition(".")
@@ -136,4 +136,4 @@ def write_moe_bundle(peft_model, layer_cls, out_dir: Path) -> None:
         "ffns": ffns,
     }
     (adapter_dir / "adapter.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    (Path(out_dir) / LOADER_NAME).write_text(LOADER, encoding="utf-8")
+    (Path(out_dir) / LOADER_NAME).write_text(loader_script(LOADER), encoding="utf-8")

@@ -21,7 +21,7 @@ import torch
 from forge_trl.config import InjectionConfig, require
 from forge_trl.errors import ConfigError, ModelError
 from forge_trl.injection.base import HEAD_SEQ_CLS, Injection
-from forge_trl.injection.targets import describe, discover, expert_targets_for, num_decoder_layers
+from forge_trl.injection.targets import describe, discover, expert_targets_for, linear_types, num_decoder_layers
 
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_NAME = "default"
@@ -137,6 +137,8 @@ class PeftInjection(Injection[LoraConfigT]):
             layers_to_transform=None if len(layers) == num_decoder_layers(model) else layers,
             task_type=TaskType.SEQ_CLS if head == HEAD_SEQ_CLS else TaskType.CAUSAL_LM,
             bias="none",
+            # GPT-2-style Conv1D layers store their weight as (in, out); PEFT needs to know (it warns and guesses).
+            fan_in_fan_out=any(isinstance(m, linear_types()[1]) for m in model.modules()),
         )
 
     def after_apply(self, model) -> None:

@@ -158,9 +158,24 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def seq_cls_class(base: str, trust_remote_code: bool = False):
+    """What loads `base` with a 1-label score head: AutoModelForSequenceClassification where transformers maps the
+    family (or the model brings its own code), else forge's generic class for the family (models/score_head.py).
+    Every forge load of a reward model (task=rm, a chained RM checkpoint, PPO, GRPO/RLOO, bench, export) comes here."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from forge_trl.models.score_head import is_forge_built, sequence_classification_class
+
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    if getattr(config, "auto_map", None):  # the model's own code decides (model.trust_remote_code)
+        return AutoModelForSequenceClassification
+    cls = sequence_classification_class(config)
+    return cls if is_forge_built(cls) else AutoModelForSequenceClassification
+
+
 def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
     """Load plain transformers weights with a causal-LM or a 1-label sequence-classification head."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(model_cfg.dtype, precision)
     kwargs = dict(dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, use_safetensors=True)
@@ -170,12 +185,11 @@ def load_base_model(base: str, head: str, model_cfg, precision: str, tokenizer):
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
-    if head == HEAD_SEQ_CLS:
-        auto_cls = AutoModelForSequenceClassification
-        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
-    else:
-        auto_cls = AutoModelForCausalLM
+    auto_cls = AutoModelForCausalLM
     try:
+        if head == HEAD_SEQ_CLS:
+            auto_cls = seq_cls_class(base, model_cfg.trust_remote_code)
+            kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
         model = auto_cls.from_pretrained(base, **kwargs)
     except OSError as exc:
         first = str(exc).splitlines()[0]

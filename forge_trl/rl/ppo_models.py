@@ -39,7 +39,8 @@ def backbone_of(peft_model) -> torch.nn.Module:
 
 
 def split_score_head(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """An RM adapter state dict -> (adapter weights, score-head weight (1, H))."""
+    """An RM adapter state dict -> (adapter weights, score-head weight (1, H)). The head is `score` in transformers'
+    sequence-classification classes and in forge's generic one for unmapped families (models/score_head.py)."""
     score_keys = [k for k in state if k.endswith("score.weight")]
     if len(score_keys) != 1:
         raise ModelError("the reward model checkpoint has no single score head; was it trained with task=rm?")

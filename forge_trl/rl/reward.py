@@ -1,7 +1,9 @@
 """A forge reward-model checkpoint (`task=rm` output: adapter + 1-label score head) as an RL reward.
 
 `task.reward_model.checkpoint_path=<rm run>/final` names it. The RM is rebuilt from its checkpoint (base model,
-injection, weights), frozen, and scores prompt + completion with its own tokenizer and chat template.
+injection, weights), frozen, and scores prompt + completion with its own tokenizer and chat template. Its class is
+transformers' sequence-classification class for the family, or, for a family transformers has none for (OLMoE,
+Gemma 4 text, ...), the same generic class built by forge (models/score_head.py); both pool the last real token.
 """
 
 from __future__ import annotations

@@ -149,6 +149,10 @@ class Task(ABC):
         known = {f.name for f in dataclasses.fields(config_cls)}
         if ctx.routing is not None and "router_aux_loss_coef" in known:
             args["router_aux_loss_coef"] = 0.0  # forge adds the balancing loss itself, for every task
+        if ctx.cfg.data.chat_template_kwargs and "chat_template_kwargs" in known:
+            # GRPO and RLOO render prompts with this config field; the other trainers read the rows' column of the
+            # same dict (forge_trl/data/prompts.py `trl_rows`).
+            args["chat_template_kwargs"] = dict(ctx.cfg.data.chat_template_kwargs)
         args.update(dict(t.trl_args))
         unknown = sorted(set(t.trl_args) - known)
         if unknown:

@@ -2,7 +2,8 @@
 `train`), built on `PPOModels` so that policy, reference, reward and value can share one base model.
 
 One PPO step:
-1. sample a response to each prompt of the batch with the policy (`generate`), cut after the stop token;
+1. sample a response to each prompt of the batch with the policy (`generate`), cut after the first stop token (any
+   of the model's EOS ids, or `stop_token_id` when set);
 2. score it: RM score at the last real token (minus `missing_eos_penalty` without a stop token), per-token
    log-probs of the policy and the reference, and the value of every response position;
 3. rewards = -kl_coef * (logp - logp_ref) per token + score on the last token; GAE -> advantages, returns;
@@ -34,9 +35,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessorList, Trainer, TrainerControl, TrainerState
+from transformers import Trainer, TrainerControl, TrainerState
 from transformers.trainer_utils import TrainOutput
 
+from forge_trl.data.prompts import stop_token_ids
 from forge_trl.distributed import mean_over_processes, sum_over_processes, write_launch_record
 from forge_trl.errors import ConfigError, ModelError
 from forge_trl.files import is_storage_failure, publish, storage_error
@@ -62,7 +64,7 @@ from forge_trl.rl.ppo_parallel import (
     shard_models,
     whole_optimizer_state,
 )
-from forge_trl.rl.ppo_sampling import GumbelSampler, prompt_seed
+from forge_trl.rl.ppo_sampling import cut_at_stop, prompt_seed, sample_responses
 from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin, ShardedLaunchMixin
 from forge_trl.trainers.ppo_config import PPOConfig
 
@@ -119,7 +121,10 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
     ):
         self.models = models
         self.tokenizer = processing_class
-        self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else processing_class.eos_token_id
+        # `stop_token_id` overrides; by default every EOS id of the tokenizer and the policy's generation config.
+        self.stop_token_ids = (
+            [args.stop_token_id] if args.stop_token_id is not None else stop_token_ids(processing_class, models.policy)
+        )
         super().__init__(
             model=models.policy,
             args=args,
@@ -202,31 +207,19 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
         context = prompt_ids.shape[1]
         policy = self.models.policy
         policy.eval()
-        generated = policy.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
+        pad_id = self.tokenizer.pad_token_id
+        responses = sample_responses(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            seeds=seeds,
+            temperature=args.temperature,
             max_new_tokens=args.response_length,
-            # Sampling at args.temperature, done by the per-prompt Gumbel-max processor over greedy decoding.
-            do_sample=False,
-            logits_processor=LogitsProcessorList([GumbelSampler(seeds, args.temperature)]),
-            eos_token_id=self.stop_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            # Sharded, every forward gathers weights from all processes: each must run as many as the longest.
+            stop_ids=self.stop_token_ids,
+            pad_token_id=pad_id,
             synced_gpus=self.is_fsdp_enabled,
         )
-        responses = generated[:, context:]
-        if responses.shape[1] < args.response_length:  # every sequence stopped early
-            pad = responses.new_full(
-                (responses.shape[0], args.response_length - responses.shape[1]), self.tokenizer.pad_token_id
-            )
-            responses = torch.cat([responses, pad], dim=1)
-        is_stop = responses == self.stop_token_id
-        has_stop = is_stop.any(dim=1)
-        no_stop = torch.full_like(has_stop, 10**9, dtype=torch.long)
-        first_stop = torch.where(has_stop, is_stop.float().argmax(dim=1), no_stop)
-        positions_r = torch.arange(args.response_length, device=device).unsqueeze(0)
-        response_mask = (positions_r <= first_stop.unsqueeze(1)).long()
-        responses = torch.where(response_mask.bool(), responses, self.tokenizer.pad_token_id)
+        responses, response_mask, has_stop = cut_at_stop(responses, self.stop_token_ids, pad_id)
         sequences = torch.cat([prompt_ids, responses], dim=1)
         attention = torch.cat([prompt_mask, response_mask], dim=1)
         positions = (attention.cumsum(1) - 1).clamp_min(0)
