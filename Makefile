@@ -19,7 +19,7 @@ OUT ?= outputs/pipelines
 PIPELINE_ARGS ?=
 PIPELINE := $(VENV)/bin/forge-trl pipeline model=$(MODEL) injection=$(INJECTION) data=$(DATA) out=$(OUT) $(PIPELINE_ARGS)
 
-.PHONY: install demo check test test-all clean path-a path-b path-c path-d path-e pipelines
+.PHONY: install demo check test test-all clean browser path-a path-b path-c path-d path-e pipelines
 
 install: $(STAMP)
 
@@ -58,10 +58,18 @@ check: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: check
+# tests/test_report.py opens reports in a headless Chromium (Debian's package; Playwright's own browser download
+# needs its CDN). Installed once with apt (sudo when not root); a no-op when chromium is already there.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+test: check browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: check
+test-all: check browser
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 clean:

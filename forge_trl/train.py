@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -129,6 +130,43 @@ def trainable_summary(model) -> tuple[int, int]:
     return trainable, total
 
 
+def evaluation_during_training(cfg: ForgeConfig, held_out, writer) -> tuple:
+    """(the eval dataset the trainer gets, the best-checkpoint callback, the early-stopping callback), each None
+    when not configured. Evaluation runs every `task.eval_steps` on the held-out split (`data.val_size` or
+    `data.eval_path`); best/ and early stopping follow `task.metric_for_best`."""
+    from forge_trl.models.checkpoint import BEST_DIR
+    from forge_trl.trainers.callbacks import BestCheckpointCallback, EarlyStopping
+
+    t = cfg.task
+    if t.eval_steps is None:
+        if held_out is not None:
+            key = "data.val_size" if cfg.data.val_size is not None else "data.eval_path"
+            log.warning("%s is set but task.eval_steps is null: the held-out rows are not evaluated", key)
+        return None, None, None
+    best = None
+    if t.save_best:
+        best = BestCheckpointCallback(
+            t.metric_for_best,
+            t.metric_greater_is_better,
+            save=lambda model, step, metrics: writer.write(model, BEST_DIR, step, metrics, overwrite=True),
+        )
+    stopper = None
+    if t.early_stopping_patience is not None:
+        stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_threshold)
+    return held_out, best, stopper
+
+
+def discard_stale_best(output_dir: Path, resume_from: str | None) -> None:
+    """A fresh run in an output_dir removes the best/ an earlier run left there: it would not be this run's best.
+    A resumed run keeps it (its BestCheckpointCallback continues from the checkpoint's best metric)."""
+    from forge_trl.models.checkpoint import BEST_DIR
+
+    best = output_dir / BEST_DIR
+    if resume_from is None and distributed.is_main_process() and best.is_dir():
+        log.warning("removed %s, written by an earlier run in this output_dir", best)
+        shutil.rmtree(best)
+
+
 def run(raw_cfg, extra_callbacks: tuple = (), trainer_hook=None) -> Path:
     """Train one stage as configured and return the path of its `final/` checkpoint.
 
@@ -157,6 +195,7 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
     from forge_trl.data.dataset import prepare_data
 
     resume_from = resolve_resume(cfg.resume, output_dir)
+    discard_stale_best(output_dir, resume_from)
     source = resolve_source(cfg.model.name_or_path)
     injection = choose_injection(cfg, source)
     task.preflight(injection)
@@ -172,11 +211,10 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
 
     from transformers import set_seed
 
-    from forge_trl.models.checkpoint import write_final
+    from forge_trl.models.checkpoint import FINAL_DIR, CheckpointWriter
     from forge_trl.models.loading import load_injected, load_tokenizer
-    from forge_trl.models.run_info import RunInfo
     from forge_trl.tasks.base import TaskContext
-    from forge_trl.trainers.callbacks import MetricsFileCallback, plot_loss
+    from forge_trl.trainers.callbacks import NOT_FOLLOWED, MetricsFileCallback, plot_loss
 
     set_seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
@@ -196,15 +234,37 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
         100.0 * trainable / max(total, 1),
     )
 
+    reward_model = getattr(cfg.task, "reward_model", None)  # only the RL tasks (ppo, grpo, rloo) have one
+    reward_path = reward_model.checkpoint_path if reward_model is not None else None
+    writer = CheckpointWriter(
+        output_dir,
+        injection,
+        tokenizer,
+        OmegaConf.to_yaml(raw_cfg, resolve=True),
+        dict(
+            task=task.name,
+            head=task.head,
+            base_model=source.base_id,
+            parent=str(Path(source.checkpoint).resolve()) if source.checkpoint else None,
+            injection=injection.settings() if injection.is_adapter else {"name": "full"},
+            model=OmegaConf.to_container(raw_cfg.model, resolve=True),
+            precision=precision,
+            trainable_parameters=trainable,
+            data=data.stats,
+            reward_model=str(Path(reward_path).expanduser().resolve()) if reward_path else None,
+        ),
+    )
+    eval_dataset, best, stopper = evaluation_during_training(cfg, data.eval, writer)
+    callbacks = [*schedule_callbacks, MetricsFileCallback(output_dir), *(c for c in (best, stopper) if c is not None)]
     ctx = TaskContext(
         cfg=cfg,
         model=model,
         tokenizer=tokenizer,
         train_dataset=data.train,
-        eval_dataset=data.eval,
+        eval_dataset=eval_dataset,
         output_dir=output_dir,
         precision=precision,
-        callbacks=[*schedule_callbacks, MetricsFileCallback(output_dir), *extra_callbacks],
+        callbacks=[*callbacks, *extra_callbacks],
         source=source,
         injection=injection,
         routing=find_recorder(model),
@@ -229,53 +289,23 @@ def _train_in(output_dir: Path, raw_cfg, cfg: ForgeConfig, task, layout, extra_c
         metrics["last_loss"] = last_loss
         if not math.isfinite(last_loss):
             log.warning("the last logged loss is %s", last_loss)
+    # The last evaluation's metrics (eval_loss, eval/score_mean, ...), which a sweep can optimise.
+    last_eval: dict = next((r for r in reversed(trainer.state.log_history) if any(k.startswith("eval") for k in r)), {})
+    metrics.update({k: v for k, v in last_eval.items() if k.startswith("eval") and k not in NOT_FOLLOWED})
+    if best is not None and best.best_step is not None:
+        metrics.update(best_step=best.best_step, best_metric=best.best)
+    if stopper is not None and stopper.stopped_at is not None:
+        metrics["stopped_early_at"] = stopper.stopped_at
 
     trained = trainer.model
     # The optimizer's state (AdamW: two moments per trained weight) is not needed once training is over; freed
     # first, it is not held beside the gathered weights.
     if trainer.optimizer is not None:
         trainer.optimizer.state.clear()
-    # Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering what the
-    # injection writes onto the main process, which writes final/ from it in the same format as a one-process run.
-    sharded = distributed.is_sharded(trained)
-    gathered = distributed.full_state_dict(trained, injection.saved_parameter_names(trained))
-    if sharded:
-        log.info("FSDP2: gathered the weights of %d processes for final/", distributed.group_size())
-
-    reward_model = getattr(cfg.task, "reward_model", None)  # only the RL tasks (ppo, grpo, rloo) have one
-    reward_path = reward_model.checkpoint_path if reward_model is not None else None
-    run_info = RunInfo(
-        task=task.name,
-        head=task.head,
-        base_model=source.base_id,
-        parent=str(Path(source.checkpoint).resolve()) if source.checkpoint else None,
-        injection=injection.settings() if injection.is_adapter else {"name": "full"},
-        model=OmegaConf.to_container(raw_cfg.model, resolve=True),
-        precision=precision,
-        step=trainer.state.global_step,
-        trainable_parameters=trainable,
-        metrics=metrics,
-        data=data.stats,
-        reward_model=str(Path(reward_path).expanduser().resolve()) if reward_path else None,
-        launch={"processes": distributed.group_size(), "sharded": sharded},
-    )
-
-    def write_outputs() -> None:
-        final = write_final(
-            output_dir,
-            save_weights=lambda tmp: injection.save(trained, tmp, state_dict=gathered),
-            tokenizer=tokenizer,
-            resolved_config_yaml=OmegaConf.to_yaml(raw_cfg, resolve=True),
-            run_info=run_info,
-            overwrite=cfg.overwrite,
-        )
-        if cfg.plot:
-            plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
-        log.info("wrote %s", final)
-
-    # One process writes final/, the rest wait until it exists.
-    distributed.on_main_then_wait(write_outputs)
-    final = output_dir / "final"
+    final = writer.write(trained, FINAL_DIR, trainer.state.global_step, metrics, overwrite=cfg.overwrite)
+    if cfg.plot and distributed.is_main_process():
+        plot_loss(output_dir, f"{task.name} · {injection.name} · {source.requested}")
+    log.info("wrote %s", final)
     from forge_trl.bench.runner import bench_after_training
 
     if bench_after_training(cfg.bench) and distributed.is_main_process():

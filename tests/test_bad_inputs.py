@@ -104,6 +104,12 @@ CASES = {
     "resume_without_checkpoints": (None, ["task=sft", "resume=true"], "resume=true: no checkpoint-N directory"),
     "resume_missing_dir": (None, ["task=sft", "resume=./nowhere/checkpoint-3"], "is not a checkpoint directory"),
     "ppo_without_reward_model": (None, ["task=ppo"], "task.reward_model.checkpoint_path: required"),
+    "eval_steps_without_split": (None, ["task=sft", "task.eval_steps=5"], "set data.val_size"),
+    "val_size_and_eval_path": (
+        None,
+        ["task=sft", "data.val_size=0.1", "data.eval_path=x.jsonl"],
+        "data.val_size and data.eval_path are both set",
+    ),
     "all_rows_truncated": (
         jsonl({"prompt": "word " * 200, "response": "2"}),
         ["task=sft", "data.max_length=16"],

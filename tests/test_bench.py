@@ -1,23 +1,24 @@
-"""`python -m forge_trl.bench`: each metric on fixtures with known answers, the RM and HTTP judges, the outputs."""
+"""`python -m forge_trl.bench`: each metric on fixtures with known answers, the RM and LLM judges, the outputs
+(tests/test_bench_api.py: API targets and the LLM judges in depth)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
 from injection_support import train_in_process
+from openai_stub import StubServer, sections
 
 from forge_trl.bench import metrics as M
-from forge_trl.bench.judges import HttpJudge, JudgeError
+from forge_trl.bench.api import ApiError
+from forge_trl.bench.judges import LlmJudge
 from forge_trl.bench.runner import HeldOut, run_bench
-from forge_trl.config.bench import BenchConfig, JudgeConfig
+from forge_trl.config.bench import ApiConfig, BenchConfig, JudgeConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -96,44 +97,17 @@ def test_generation_ends_at_the_first_eos_and_flags_unfinished_responses():
 
 
 # ----- judges -----------------------------------------------------------------------------------------------
-class _JudgeServer:
-    """A real OpenAI-compatible chat-completions server on localhost; `rule(first, second)` returns its reply."""
-
-    def __init__(self, rule):
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                text = body["messages"][-1]["content"]
-                first = text.split("Answer A:\n", 1)[1].split("\n\nAnswer B:", 1)[0]
-                second = text.split("Answer B:\n", 1)[1].split("\n\nWhich", 1)[0]
-                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": rule(first, second)}}]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(reply.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def judge_server():
+    """An OpenAI-compatible judge on localhost (tests/openai_stub.py); `rule(first, second)` returns its reply."""
     servers = []
 
     def start(rule):
-        servers.append(_JudgeServer(rule))
+        def script(body):
+            shown = sections(body)
+            return rule(shown["Answer A"], shown["Answer B"])
+
+        servers.append(StubServer({"judge": script, "judge-7b": script}))
         return servers[-1]
 
     yield start
@@ -141,36 +115,42 @@ def judge_server():
         server.close()
 
 
-def test_http_judge_prefers_the_correct_answer_whichever_position_it_is_shown_in(judge_server, monkeypatch):
+def test_llm_judge_prefers_the_correct_answer_whichever_position_it_is_shown_in(judge_server, monkeypatch):
     server = judge_server(lambda first, second: "A" if first == "4" else "B")
     monkeypatch.setenv("FORGE_TEST_JUDGE_KEY", "sekret")
-    judge = HttpJudge(JudgeConfig(baseline="x", url=server.url, model="judge-7b", api_key_env="FORGE_TEST_JUDGE_KEY"))
+    cfg = JudgeConfig(baseline="x", url=server.url, model="judge-7b", api_key_env="FORGE_TEST_JUDGE_KEY")
+    judge = LlmJudge(cfg, ApiConfig())
     prompts = ["2+2?"] * 4
-    assert judge.compare(prompts, ["4"] * 4, ["5"] * 4) == [1.0] * 4
-    assert judge.compare(prompts, ["5", "4", "5", "4"], ["4", "5", "4", "5"]) == [0.0, 1.0, 0.0, 1.0]
+    assert [j.verdict for j in judge.compare(prompts, ["4"] * 4, ["5"] * 4)] == ["win"] * 4
+    outcomes = [j.outcome for j in judge.compare(prompts, ["5", "4", "5", "4"], ["4", "5", "4", "5"])]
+    assert outcomes == [0.0, 1.0, 0.0, 1.0]
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sekret"
-    assert request["body"]["model"] == "judge-7b"
-    # The target is shown first on even prompts and second on odd ones.
-    shown_first = [r["body"]["messages"][-1]["content"].split("Answer A:\n", 1)[1][:1] for r in server.requests[:4]]
-    assert shown_first == ["4", "5", "4", "5"]
+    assert request["body"]["model"] == "judge-7b" and request["body"]["temperature"] == 0
+    # Every prompt is asked in both orders: the target as answer A, then as answer B.
+    shown_first = sorted(sections(r["body"])["Answer A"] for r in server.requests[:8])
+    assert shown_first == ["4"] * 4 + ["5"] * 4
 
 
-def test_http_judge_position_bias_cancels_and_unparsed_verdicts_are_ties(judge_server):
+def test_llm_judge_position_bias_cancels_and_unparsed_verdicts_are_counted(judge_server):
     always_a = judge_server(lambda first, second: "A")
-    judge = HttpJudge(JudgeConfig(baseline="x", url=always_a.url))
-    assert M.win_rate(judge.compare(["p"] * 6, ["x"] * 6, ["y"] * 6)) == 0.5
+    judge = LlmJudge(JudgeConfig(baseline="x", url=always_a.url), ApiConfig())
+    judgements = judge.compare(["p"] * 6, ["x"] * 6, ["y"] * 6)
+    assert [j.verdict for j in judgements] == ["tie"] * 6 and M.win_rate([j.outcome for j in judgements]) == 0.5
     mumbling = judge_server(lambda first, second: "hard to say")
-    judge = HttpJudge(JudgeConfig(baseline="x", url=mumbling.url))
-    assert judge.compare(["p"] * 3, ["x"] * 3, ["y"] * 3) == [0.5] * 3 and judge.unparsed == 3
+    judge = LlmJudge(JudgeConfig(baseline="x", url=mumbling.url), ApiConfig())
+    judgements = judge.compare(["p"] * 3, ["x"] * 3, ["y"] * 3)
+    assert [j.status for j in judgements] == ["unparsed"] * 3 and all(j.outcome is None for j in judgements)
+    assert "hard to say" in judgements[0].rationale
 
 
-def test_http_judge_that_cannot_be_reached_is_a_one_line_error(judge_server):
+def test_llm_judge_that_cannot_be_reached_is_a_one_line_error(judge_server):
     server = judge_server(lambda first, second: "A")
     url = server.url
     server.close()
-    with pytest.raises(JudgeError, match="cannot reach http://127.0.0.1"):
-        HttpJudge(JudgeConfig(baseline="x", url=url, timeout=5)).compare(["p"], ["x"], ["y"])
+    judge = LlmJudge(JudgeConfig(baseline="x", url=url), ApiConfig(timeout_s=5, max_retries=0))
+    with pytest.raises(ApiError, match="bench.judge: cannot reach http://127.0.0.1"):
+        judge.compare(["p"], ["x"], ["y"])
 
 
 # ----- end to end on trained checkpoints --------------------------------------------------------------------
@@ -239,9 +219,13 @@ def test_bench_cli_writes_table_json_and_plots_with_rm_scores_and_win_rate(check
     assert "| checkpoint |" in result.stdout and "| sft |" in result.stdout and "| rm |" in result.stdout
     report = json.loads((out / "bench.json").read_text())
     base, sft, rm = report["checkpoints"]
-    assert report["heldout"]["prompts"] == 6 and report["judge"] == f"http:{server.url}"
+    assert report["heldout"]["prompts"] == 6 and report["judge"] == f"llm:judge@{server.url}"
     assert "win_rate" not in base  # the baseline is not judged against itself
-    assert 0.0 <= sft["win_rate"] <= 1.0 and len(server.requests) == 6
+    assert 0.0 <= sft["win_rate"] <= 1.0 and len(server.requests) == 2 * 6  # both orders
+    assert sft["win_share"] + sft["tie_share"] + sft["loss_share"] == pytest.approx(1.0)
+    records = [json.loads(line) for line in (out / "bench_results.jsonl").read_text().splitlines()]
+    assert [r["target"] for r in records] == ["forge-tiny"] * 6 + ["sft"] * 6  # no lines for a reward model
+    assert all(r["judges"]["pairwise"]["verdict"] in ("win", "tie", "loss") for r in records[6:])
     for row in (base, sft):
         assert 0.0 <= row["checker_accuracy"] <= 1.0 and 0.0 <= row["format_compliance"] <= 1.0
         assert len(row["scores"]["rm"]) == 6 and row["rm_score"] == pytest.approx(sum(row["scores"]["rm"]) / 6)

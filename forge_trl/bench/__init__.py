@@ -1,1 +1,1 @@
-"""Evaluation of checkpoints on held-out data."""
+"""Evaluation of checkpoints and API models on held-out data: metrics, judges, bench.json, bench_results.jsonl."""

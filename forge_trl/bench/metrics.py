@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -35,11 +35,14 @@ _THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE)
 
 @dataclass
 class Generation:
-    """One sampled response: its text, its number of new tokens, and whether it ended with a stop id in budget."""
+    """One sampled response: its text, its number of new tokens, and whether it ended with a stop id in budget (for
+    an API target: the server's completion tokens, and whether it finished for a reason other than the budget).
+    `error`: why an API request for it failed (the text is then empty)."""
 
     text: str
     tokens: int
     stopped: bool
+    error: Optional[str] = None
 
 
 @torch.no_grad()
@@ -188,16 +191,19 @@ def checker_accuracy(responses: Sequence[str], answers: Sequence[str], check) ->
     return sum(bool(check(r, a)) for r, a in zip(responses, answers)) / max(len(responses), 1)
 
 
-def format_compliance(generations: Sequence[Generation], pattern: str | None = None) -> float:
-    """Share of responses that are non-empty, ended (EOS within the budget) and fully match `pattern` if given."""
-    import re
-
+def format_checks(generations: Sequence[Generation], pattern: str | None = None) -> list[bool]:
+    """Per response: non-empty, ended (EOS within the budget) and fully matching `pattern` if given."""
     regex = re.compile(pattern, re.DOTALL) if pattern else None
 
     def complies(g: Generation) -> bool:
         return g.stopped and bool(g.text.strip()) and (regex is None or regex.fullmatch(g.text.strip()) is not None)
 
-    return sum(complies(g) for g in generations) / max(len(generations), 1)
+    return [complies(g) for g in generations]
+
+
+def format_compliance(generations: Sequence[Generation], pattern: str | None = None) -> float:
+    """Share of responses that are non-empty, ended (EOS within the budget) and fully match `pattern` if given."""
+    return sum(format_checks(generations, pattern)) / max(len(generations), 1)
 
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""bench.json, the markdown table on stdout, and the PNG plots."""
+"""bench.json, the markdown table on stdout, and the PNG plots (bench_results.jsonl: forge_trl/bench/results.py)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ COLUMNS = [
     ("rm_score", "RM score", "num3"),
     ("rm_score_gain", "RM score gain", "signed3"),
     ("rm_length_corr", "RM~length ρ", "signed3"),
+    ("judge_score", "judge 1-10", "num1"),
     ("win_rate", "win rate", "pct"),
+    ("tie_share", "ties", "pct"),
 ]
 # Metrics in [0, 1] that the bar chart compares across checkpoints.
-RATE_METRICS = ["checker_accuracy", "format_compliance", "preference_accuracy", "rm_accuracy", "win_rate"]
+RATE_METRICS = ["checker_accuracy", "format_compliance", "preference_accuracy", "rm_accuracy", "win_rate", "tie_share"]
 
 
 def _fmt(value, style: str) -> str:
@@ -43,12 +45,18 @@ def _fmt(value, style: str) -> str:
 def markdown_table(
     rows: list[dict], *, first=("label", "checkpoint"), extra: Sequence[tuple[str, str, str]] = ()
 ) -> str:
-    """A markdown table of `rows` over the COLUMNS (and `extra` columns first) that any row has."""
+    """A markdown table of `rows` over the COLUMNS (and `extra` columns first) that any row has; `n/a` where a row
+    lists the metric as not applicable (e.g. log-prob metrics of an API target)."""
     columns = [c for c in [*extra, *COLUMNS] if any(c[0] in row for row in rows)]
     lines = ["| " + " | ".join([first[1], *(c[1] for c in columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
     for row in rows:
         cells = [str(row.get(first[0], ""))] + [
-            _fmt(row.get(key), style) if style else str(row.get(key, "")) for key, _, style in columns
+            "n/a"
+            if key in row.get("not_applicable", ())
+            else _fmt(row.get(key), style)
+            if style
+            else str(row.get(key, ""))
+            for key, _, style in columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -56,14 +64,29 @@ def markdown_table(
 
 def print_table(report: dict) -> None:
     held = report["heldout"]
+    judges = report.get("judges") or {}
     print(
         f"\nbench: {held['prompts']} held-out prompts ({report['decoding']}), {held['pairs']} preference pairs"
         + (f"; judge {report['judge']} vs baseline {report['baseline']}" if report.get("judge") else "")
+        + (f"; pointwise judge {judges['pointwise']}" if judges.get("pointwise") else "")
     )
     print(markdown_table(report["checkpoints"]))
     for row in report["checkpoints"]:
         if row.get("example"):
             print(f"  {row['label']}: {row['example']}")
+        problems = [
+            f"{row[key]} {what}"
+            for key, what in (
+                ("api/failed", "requests failed"),
+                ("judge/unparsed", "judgements unparsed"),
+                ("judge/failed", "judgements failed"),
+            )
+            if row.get(key)
+        ]
+        if problems:
+            print(f"  {row['label']}: {', '.join(problems)} (left out of its scores; see bench_results.jsonl)")
+    if report.get("results"):
+        print(f"every response with its metrics and judgements: {report['results']}")
 
 
 def write_report(report: dict, out_dir: Path) -> Path:

@@ -29,6 +29,10 @@ SUBCOMMANDS = {
         "evaluate checkpoints on held-out data (accuracy, format, preference, RM score, win rate)",
     ),
     "export": Subcommand("forge_trl.commands.export", "export a checkpoint as a standard Hugging Face model directory"),
+    "serve": Subcommand(
+        "forge_trl.commands.serve",
+        "serve a checkpoint behind an OpenAI-compatible chat API (transformers serve or vLLM)",
+    ),
     "convert": Subcommand(
         "forge_trl.commands.convert", "rename the fields of foreign JSONL or dataset rows into a forge data layout"
     ),
@@ -38,6 +42,7 @@ SUBCOMMANDS = {
     "sweep-report": Subcommand(
         "forge_trl.commands.sweep_report", "one table of a sweep's hyperparameters against its metrics"
     ),
+    "report": Subcommand("forge_trl.commands.report", "one self-contained HTML page of a run, pipeline or sweep"),
     "demo": Subcommand(
         "forge_trl.commands.demo", "pretrain -> SFT -> ORPO on the tiny model and demo suite, with a held-out table"
     ),

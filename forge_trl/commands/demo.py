@@ -1,5 +1,5 @@
 """`python -m forge_trl.demo` (make demo): pretrain -> SFT -> ORPO on the embedded tiny model and demo suite,
-then a before/after table on the held-out split.
+then a before/after table on the held-out split and an HTML report of the three runs (`<out>/report.html`).
 
 Each stage is an ordinary forge_trl run, composed from the same config groups as the command line (the
 equivalent command is printed), chained through `final/`.
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\ntraining {trained:.0f} s, with evaluation {time.time() - started:.0f} s; checkpoints under {out_root}/")
     summary = {"stages": table, "train_seconds": trained, "total_seconds": time.time() - started}
     (out_root / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    from forge_trl.report import write_report
+
+    print(f"report: {write_report(out_root)}")
     return summary
 
 

@@ -85,6 +85,10 @@ class DataConfig:
     path: Optional[str] = None
     # Held-out rows for evaluation during training (same layout). null: none.
     eval_path: Optional[str] = None
+    # Or hold rows of `path` out for evaluation: a count (>= 1) or a fraction in (0, 1) of the rows, drawn after
+    # `max_rows` with a fixed seed (the same rows whatever the run's `seed`), before conversion (a pair stays whole).
+    # null: none. Only one of val_size and eval_path.
+    val_size: Optional[float] = None
     # `raw` rows are mapped to TRL columns here; `processed` loads rows already in TRL's columns, or a tokenized
     # cache directory written by `python -m forge_trl.preprocess` (checked against this run's tokenizer and max_length).
     format: str = "raw"
@@ -120,6 +124,14 @@ class DataConfig:
         )
         require(self.max_length > 0, "data.max_length", f"must be positive, got {self.max_length}")
         require(self.max_rows is None or self.max_rows > 0, "data.max_rows", "must be positive")
+        size = self.val_size
+        require(
+            size is None or 0 < size < 1 or (size >= 1 and float(size).is_integer()),
+            "data.val_size",
+            f"expected a row count (a whole number >= 1) or a fraction in (0, 1), got {size}",
+        )
+        if size is not None and self.eval_path is not None:
+            raise ConfigError("data.val_size and data.eval_path are both set; hold rows out with one of them")
         kwargs = self.chat_template_kwargs
         require(
             isinstance(kwargs, Mapping) and all(isinstance(name, str) for name in kwargs),
@@ -130,6 +142,9 @@ class DataConfig:
         require(not reserved, "data.chat_template_kwargs", f"'{''.join(reserved[:1])}' is set by forge; remove it")
         self.chat_template_kwargs = dict(kwargs)
 
+
+# Suffixes of eval metric names that are better lower (`task.greater_is_better: null`).
+LOSS_LIKE_METRICS = ("loss", "kl", "nll", "perplexity", "ppl")
 
 PARAMETER_GROUPS = ("lora", "attn_lora", "router", "base_ffn", "score")
 HANDOFF_GROUPS = ("lora", "attn_lora")
@@ -227,7 +242,21 @@ class TaskConfig:
     # Intermediate checkpoints every N steps (0: none). `final/` is always written.
     save_steps: int = 0
     save_total_limit: Optional[int] = 2
+    # Evaluate the held-out split (data.val_size or data.eval_path) every N optimizer steps; the eval metrics go to
+    # metrics.jsonl. null: no evaluation during training.
     eval_steps: Optional[int] = None
+    # Keep `<output_dir>/best/`, in the format of final/, from the evaluation with the best `metric_for_best`.
+    save_best: bool = False
+    # The eval metric that save_best and early stopping follow, as metrics.jsonl names it (`eval_loss`; the
+    # `eval_` prefix may be left out). Any logged eval metric works.
+    metric_for_best: str = "eval_loss"
+    # Whether a higher metric_for_best is better. null: lower for loss-like names (ending in loss, kl, nll,
+    # perplexity or ppl), higher for the rest (accuracy, reward, score).
+    greater_is_better: Optional[bool] = None
+    # Stop after this many evaluations in a row without improving metric_for_best; null: never stop early.
+    early_stopping_patience: Optional[int] = None
+    # An evaluation improves on the best only by more than this much.
+    early_stopping_threshold: float = 0.0
     lr_scheduler_type: str = "linear"
     warmup_steps: float = 0.0
     weight_decay: float = 0.0
@@ -246,6 +275,32 @@ class TaskConfig:
         require(self.num_train_epochs > 0, "task.num_train_epochs", "must be positive")
         require(self.logging_steps > 0, "task.logging_steps", "must be positive")
         require(self.save_steps >= 0, "task.save_steps", "must be >= 0")
+        require(self.eval_steps is None or self.eval_steps > 0, "task.eval_steps", "must be positive or null")
+        for key, on in (("save_best", self.save_best), ("early_stopping_patience", self.early_stopping_patience)):
+            require(
+                not on or self.eval_steps is not None,
+                f"task.{key}",
+                "follows evaluations during training; set task.eval_steps (and data.val_size or data.eval_path)",
+            )
+        require(
+            self.early_stopping_patience is None or self.early_stopping_patience > 0,
+            "task.early_stopping_patience",
+            f"must be a positive number of evaluations or null, got {self.early_stopping_patience}",
+        )
+        require(self.early_stopping_threshold >= 0, "task.early_stopping_threshold", "must be >= 0")
+        require(bool(self.metric_for_best.strip()), "task.metric_for_best", "must name an eval metric")
+
+    @property
+    def follows_best(self) -> bool:
+        """Whether a best eval metric is tracked (save_best or early stopping)."""
+        return self.save_best or self.early_stopping_patience is not None
+
+    @property
+    def metric_greater_is_better(self) -> bool:
+        """`greater_is_better`, or inferred from `metric_for_best`: loss-like names are better lower."""
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return not self.metric_for_best.lower().endswith(LOSS_LIKE_METRICS)
 
 
 @dataclass
@@ -302,6 +357,13 @@ class ForgeConfig:
             "distributed_timeout_s",
             f"must be a positive number of seconds, got {self.distributed_timeout_s}",
         )
+        if getattr(self.task, "eval_steps", None) is not None:
+            require(
+                self.data.val_size is not None or self.data.eval_path is not None,
+                "task.eval_steps",
+                "there is no held-out split to evaluate; set data.val_size (rows held out of data.path) or "
+                "data.eval_path",
+            )
 
 
 def to_typed(cfg) -> ForgeConfig:

@@ -1,7 +1,8 @@
 """Forge checkpoints: `final/` = weights (safetensors) + tokenizer + resolved_config.yaml + forge_run.json
-(a RunInfo, written and read by models/run_info.py).
+(a RunInfo, written and read by models/run_info.py). `best/` (`task.save_best`) has the same format, written at the
+evaluation with the best metric.
 
-`final/` is written into a temporary sibling and renamed into place, so it is either complete or absent:
+`final/` (and `best/`) is written into a temporary sibling and renamed into place, so it is either complete or absent:
 a crash or a bad input never leaves a half-written `final/`. Intermediate `checkpoint-N/` directories are staged
 the same way (forge's Trainer hook in tasks/base.py, and forge's PPO), so a process killed while saving leaves the
 previous checkpoint as the newest one that `resume=true` finds.
@@ -14,8 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from forge_trl import distributed
 from forge_trl.files import leftovers, restore_interrupted_swaps, write_dir_atomically
+from forge_trl.injection.base import Injection
 from forge_trl.models.run_info import RESOLVED_CONFIG_FILE, RunInfo, write_run_info
+
+FINAL_DIR = "final"
+BEST_DIR = "best"
 
 
 def write_final(
@@ -26,14 +32,60 @@ def write_final(
     resolved_config_yaml: str,
     run_info: RunInfo,
     overwrite: bool,
+    name: str = FINAL_DIR,
 ) -> Path:
+    """Write `<output_dir>/<name>/` (final/, or best/ with `name=BEST_DIR`) atomically: complete or absent."""
+
     def fill(tmp: Path) -> None:
         save_weights(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RESOLVED_CONFIG_FILE).write_text(resolved_config_yaml, encoding="utf-8")
         write_run_info(tmp, run_info)
 
-    return write_dir_atomically(Path(output_dir) / "final", fill, overwrite=overwrite)
+    return write_dir_atomically(Path(output_dir) / name, fill, overwrite=overwrite)
+
+
+class CheckpointWriter:
+    """Writes this run's forge checkpoints, final/ and best/, from the live model: weights, tokenizer, resolved
+    config and forge_run.json (`run_info` holds its fields that do not change while the run trains)."""
+
+    def __init__(self, output_dir: Path, injection: Injection, tokenizer, resolved_config_yaml: str, run_info: dict):
+        self.output_dir = output_dir
+        self.injection = injection
+        self.tokenizer = tokenizer
+        self.resolved_config_yaml = resolved_config_yaml
+        self.run_info = run_info
+
+    def write(self, model, name: str, step: int, metrics: dict, *, overwrite: bool) -> Path:
+        """Write `<output_dir>/<name>/` atomically; a collective: every process of the run calls it.
+
+        Sharded (FSDP2), each process holds a shard of every weight: all of them take part in gathering what the
+        injection writes onto the main process, which writes the directory from it in the same format as a
+        one-process run; the others wait until it exists."""
+        sharded = distributed.is_sharded(model)
+        gathered = distributed.full_state_dict(model, self.injection.saved_parameter_names(model))
+        if sharded:
+            logging.getLogger("forge_trl").info(
+                "FSDP2: gathered the weights of %d processes for %s/", distributed.group_size(), name
+            )
+        info = RunInfo(
+            **self.run_info,
+            step=step,
+            metrics=metrics,
+            launch={"processes": distributed.group_size(), "sharded": sharded},
+        )
+        distributed.on_main_then_wait(
+            lambda: write_final(
+                self.output_dir,
+                save_weights=lambda tmp: self.injection.save(model, tmp, state_dict=gathered),
+                tokenizer=self.tokenizer,
+                resolved_config_yaml=self.resolved_config_yaml,
+                run_info=info,
+                overwrite=overwrite,
+                name=name,
+            )
+        )
+        return self.output_dir / name
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -71,9 +123,9 @@ def staging_dir(output_dir: Path) -> Path:
 
 
 def discard_partial_checkpoints(output_dir: Path) -> list[Path]:
-    """Remove what a killed process left half-written: staged checkpoints and temporary `final/` or PPO
-    checkpoint siblings. Returns what was removed. A `final/` or checkpoint that a process stopped in the middle
-    of swapping left only as its `.old-` sibling is put back first (complete: it was the previous version)."""
+    """Remove what a killed process left half-written: staged checkpoints and temporary `final/`, `best/` or PPO
+    checkpoint siblings. Returns what was removed. A `final/`, `best/` or checkpoint that a process stopped in the
+    middle of swapping left only as its `.old-` sibling is put back first (complete: it was the previous version)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
@@ -82,7 +134,7 @@ def discard_partial_checkpoints(output_dir: Path) -> list[Path]:
             "restored %s, which an interrupted replacement had moved aside", restored
         )
     found = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(f".{CHECKPOINT_PREFIX}")]
-    found += leftovers(output_dir, "final")
+    found += leftovers(output_dir, FINAL_DIR) + leftovers(output_dir, BEST_DIR)
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     return sorted(found)

@@ -113,6 +113,20 @@ class Task(ABC):
             precompute = True
         return dict(precompute_ref_log_probs=precompute)
 
+    def eval_args(self, ctx: TaskContext) -> dict[str, Any]:
+        """TrainingArguments keys of evaluation during training: every `task.eval_steps` on the held-out split.
+
+        With save_best or early stopping, `metric_for_best_model` and `greater_is_better` name the metric followed:
+        transformers then keeps `state.best_metric`, which EarlyStoppingCallback compares with. Weights are never
+        moved by transformers (`load_best_model_at_end` stays off); forge's BestCheckpointCallback writes best/."""
+        t = ctx.cfg.task
+        if t.eval_steps is None or ctx.eval_dataset is None:
+            return dict(eval_strategy="no")
+        args: dict[str, Any] = dict(eval_strategy="steps", eval_steps=t.eval_steps)
+        if t.follows_best:
+            args.update(metric_for_best_model=t.metric_for_best, greater_is_better=t.metric_greater_is_better)
+        return args
+
     def trl_config(self, config_cls, ctx: TaskContext):
         """Build `config_cls` from the shared keys, this task's own keys and `task.trl_args`."""
         t = ctx.cfg.task
@@ -129,8 +143,7 @@ class Task(ABC):
             save_strategy="steps" if t.save_steps > 0 else "no",
             save_steps=t.save_steps if t.save_steps > 0 else 500,
             save_total_limit=t.save_total_limit,
-            eval_strategy="steps" if ctx.eval_dataset is not None else "no",
-            eval_steps=t.eval_steps or t.logging_steps,
+            **self.eval_args(ctx),
             lr_scheduler_type=t.lr_scheduler_type,
             warmup_steps=t.warmup_steps,
             weight_decay=t.weight_decay,

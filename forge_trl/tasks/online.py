@@ -23,6 +23,8 @@ class OnlineRLTaskConfig(TaskConfig):
     # Policy updates per generated batch, and the PPO-style clip range.
     num_iterations: int = 1
     epsilon: float = 0.2
+    # TRL evaluates by sampling completions of the held-out prompts: eval_reward is their mean reward-model score.
+    metric_for_best: str = "eval_reward"
 
     def __post_init__(self):
         super().__post_init__()

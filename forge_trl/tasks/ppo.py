@@ -31,6 +31,8 @@ class PPOTaskConfig(PPOSettings, TaskConfig):
     learning_rate: float = 1e-5
     per_device_train_batch_size: int = 8
     logging_steps: int = 1
+    # PPO's evaluation logs eval/score_mean (reward-model score of the held-out prompts' responses) and eval/kl.
+    metric_for_best: str = "eval/score_mean"
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
     def __post_init__(self):
@@ -85,7 +87,12 @@ class PPOTask(Task):
             ctx.precision,
             ctx.tokenizer,
         )
-        return dict(models=models, train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer))
+        held_out = ctx.eval_dataset
+        return dict(
+            models=models,
+            train_dataset=tokenize_prompts(ctx.train_dataset, ctx.tokenizer),
+            eval_dataset=tokenize_prompts(held_out, ctx.tokenizer) if held_out is not None else None,
+        )
 
     def trl_classes(self):
         from forge_trl.trainers.ppo import PPOConfig, PPOTrainer

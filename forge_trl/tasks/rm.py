@@ -20,6 +20,8 @@ class RMTaskConfig(TaskConfig):
     warmup_steps: float = 0.05
     # Pulls mean reward towards zero (Eisenstein et al., 2023); null disables it.
     center_rewards_coefficient: Optional[float] = None
+    # RewardTrainer's eval metrics: eval_loss and eval_accuracy (chosen scored above rejected).
+    metric_for_best: str = "eval_accuracy"
 
 
 @TASKS.register("rm")

@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics.jsonl, the non-finite guard (installed by `NonFiniteGuardMixin`), and the loss plot."""
+"""Trainer callbacks: metrics.jsonl, the non-finite guard (installed by `NonFiniteGuardMixin`), the best checkpoint
+and early stopping on an eval metric, and the loss plot."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from forge_trl.distributed import is_main_process
+from forge_trl.errors import ConfigError
 
 log = logging.getLogger("forge_trl")
 
@@ -102,6 +105,108 @@ def all_finite(params: list) -> bool:
         return finite
     device = grads[0].device if grads else torch.device("cpu")
     return bool(sum_over_processes(torch.tensor([0.0 if finite else 1.0], device=device)) == 0)
+
+
+def followed_metric(name: str, metrics: dict) -> str:
+    """The key of eval metric `name` among `metrics`: `name` itself, or `eval_<name>` (transformers' short form).
+
+    A ConfigError naming `task.metric_for_best` and the metrics there are when it is not among them (the first
+    evaluation shows which metrics a trainer logs)."""
+    for key in (name, f"eval_{name}"):
+        if isinstance(metrics.get(key), (int, float)):
+            return key
+    logged = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in NOT_FOLLOWED)
+    raise ConfigError(f"task.metric_for_best={name} is not an eval metric of this task; it logs {', '.join(logged)}")
+
+
+# Logged with every evaluation, but they measure the machine, not the model.
+NOT_FOLLOWED = frozenset(("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"))
+
+
+def improves(value: float, best: float | None, greater_is_better: bool) -> bool:
+    """Whether `value` is strictly better than `best` (None: nothing yet). A NaN never improves."""
+    if math.isnan(value):
+        return False
+    return best is None or (value > best if greater_is_better else value < best)
+
+
+class BestCheckpointCallback(TrainerCallback):
+    """`task.save_best`: after each evaluation whose `metric` improves on every earlier one, `save(model, step,
+    metrics)` writes `<output_dir>/best/` (train.py passes forge's checkpoint writer, so best/ has final/'s format).
+
+    It runs on every process: under FSDP2 the writer gathers the weights collectively, and every process agrees
+    whether the metric improved, since eval metrics are gathered over the processes before callbacks see them. A
+    resumed run starts from its checkpoint's `state.best_metric`, which transformers keeps for the same metric."""
+
+    def __init__(
+        self, metric: str, greater_is_better: bool, save: Callable[[torch.nn.Module, int, dict[str, float]], object]
+    ):
+        self.metric = metric
+        self.greater_is_better = greater_is_better
+        self.save = save
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best, self.best_step = state.best_metric, state.best_global_step or None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        metrics = metrics or {}
+        value = float(metrics[followed_metric(self.metric, metrics)])
+        if not improves(value, self.best, self.greater_is_better):
+            return
+        self.best, self.best_step = value, state.global_step
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in NOT_FOLLOWED}
+        self.save(model, state.global_step, numbers)
+        log.info("step %d: %s = %.6g, the best so far; wrote best/", state.global_step, self.metric, value)
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' EarlyStoppingCallback (its patience counter and threshold rule, unchanged), for a run that
+    never moves weights around.
+
+    transformers documents it together with `load_best_model_at_end`, which reloads the best `checkpoint-N` when
+    training ends. forge does not use that: best/ is written when the metric improves (BestCheckpointCallback), and
+    final/ holds the last weights. What the callback really needs is `metric_for_best_model` and `greater_is_better`
+    in the TrainingArguments, for which transformers then keeps `state.best_metric` after each evaluation (the task
+    sets both; `Task.eval_args`). So this subclass
+    - skips `on_train_begin`, which only warns that the best model will not be loaded at the end (intended here)
+      and asserts what the config checks already ensured;
+    - passes the metric under the `eval_<name>` key transformers looks for, so that names without that prefix (PPO's
+      `eval/score_mean`) work too;
+    - logs one line when it stops the run, with the best value and its step, and keeps that step in `stopped_at`.
+    """
+
+    def __init__(self, patience: int, threshold: float):
+        super().__init__(early_stopping_patience=patience, early_stopping_threshold=threshold)
+        self.stopped_at: int | None = None
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best, self.best_step = state.best_metric, state.best_global_step or None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        name = args.metric_for_best_model
+        value = float(metrics[followed_metric(name, metrics)])
+        # What transformers reads: `metrics["eval_" + name]` unless the name starts with "eval_" (EarlyStoppingCallback
+        # and Trainer._determine_best_metric alike).
+        looked_up = name if name.startswith("eval_") else f"eval_{name}"
+        super().on_evaluate(args, state, control, metrics={**metrics, looked_up: value}, **kwargs)
+        if improves(value, self.best, args.greater_is_better):
+            self.best, self.best_step = value, state.global_step
+        if self.early_stopping_patience_counter >= self.early_stopping_patience and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            log.info(
+                "early stopping at step %d of %d: %s did not improve for %d evaluations; best %.6g at step %s",
+                state.global_step,
+                state.max_steps,
+                name,
+                self.early_stopping_patience_counter,
+                self.best,
+                self.best_step,
+            )
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

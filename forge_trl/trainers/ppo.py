@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerControl, TrainerState
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
 from forge_trl.data.prompts import stop_token_ids
 from forge_trl.distributed import mean_over_processes, sum_over_processes, write_launch_record
@@ -65,6 +65,7 @@ from forge_trl.rl.ppo_parallel import (
     whole_optimizer_state,
 )
 from forge_trl.rl.ppo_sampling import cut_at_stop, prompt_seed, sample_responses
+from forge_trl.trainers.callbacks import followed_metric
 from forge_trl.trainers.mixins import NonFiniteGuardMixin, RoutingMixin, ShardedLaunchMixin
 from forge_trl.trainers.ppo_config import PPOConfig
 
@@ -73,6 +74,8 @@ __all__ = ["PPOConfig", "PPOTrainer"]
 log = logging.getLogger("forge_trl")
 
 STATE_FILE = "ppo_state.json"
+# The "epoch" of the held-out prompts' sampling streams (`prompt_seed`): one that no training epoch uses.
+EVAL_EPOCH = -1
 
 
 class LeftPadCollator:
@@ -115,6 +118,7 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
         args: PPOConfig,
         train_dataset,
         processing_class,
+        eval_dataset=None,
         callbacks=None,
         routing: RoutingRecorder | None = None,
         max_nonfinite_steps: int | None = None,
@@ -129,6 +133,7 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
             model=models.policy,
             args=args,
             train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             processing_class=processing_class,
             data_collator=LeftPadCollator(processing_class.pad_token_id),
             callbacks=callbacks,
@@ -200,8 +205,10 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
         return self.models.reward_head(pooled.float()).squeeze(-1)
 
     @torch.no_grad()
-    def rollout(self, batch: dict, seeds: list[int]) -> dict:
-        """Sample, score and evaluate one batch; `seeds` holds each prompt's sampling seed (`prompt_seed`)."""
+    def sample_and_score(self, batch: dict, seeds: list[int]) -> dict:
+        """Sample a response to each prompt of `batch` (`seeds`: each prompt's sampling seed, `prompt_seed`) and score
+        it: the sequences and their masks, per-token log-probs of the policy and the reference (masked), and the
+        reward model's raw score (`missing_eos_penalty` not applied)."""
         args, device = self.args, self.args.device
         prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         context = prompt_ids.shape[1]
@@ -232,17 +239,8 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
             ref_logprobs = self._forward_chunks(
                 lambda s, a, p: self._policy_logprobs(s, a, p, context)[0], sequences, attention, positions
             )
-        values = self._forward_chunks(lambda s, a, p: self._values(s, a, p, context), sequences, attention, positions)
         scores = self._forward_chunks(self._scores, sequences, attention, positions, last_index)
-        raw_scores = scores.clone()
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~has_stop).float()
         mask = response_mask.float()
-        kl = (logprobs - ref_logprobs) * mask
-        rewards = per_token_rewards(scores, kl, mask, self.kl.value)
-        advantages, returns = gae(rewards, values * mask, mask, args.gamma, args.lam)
-        if args.whiten_advantages:
-            advantages = masked_whiten(advantages, mask, total=sum_over_processes)
         return dict(
             sequences=sequences,
             attention=attention,
@@ -250,13 +248,77 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
             context=context,
             mask=mask,
             logprobs=logprobs * mask,
-            values=values * mask,
-            advantages=advantages,
-            returns=returns,
-            scores=raw_scores,
-            kl=kl,
+            ref_logprobs=ref_logprobs * mask,
+            scores=scores,
             has_stop=has_stop,
         )
+
+    @torch.no_grad()
+    def rollout(self, batch: dict, seeds: list[int]) -> dict:
+        """Sample, score and evaluate one batch (`sample_and_score`), then its values, rewards and advantages."""
+        args = self.args
+        roll = self.sample_and_score(batch, seeds)
+        sequences, attention, positions, mask = (roll[k] for k in ("sequences", "attention", "positions", "mask"))
+        values = self._forward_chunks(
+            lambda s, a, p: self._values(s, a, p, roll["context"]), sequences, attention, positions
+        )
+        scores = roll["scores"]
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~roll["has_stop"]).float()
+        kl = roll["logprobs"] - roll.pop("ref_logprobs")
+        rewards = per_token_rewards(scores, kl, mask, self.kl.value)
+        advantages, returns = gae(rewards, values * mask, mask, args.gamma, args.lam)
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, mask, total=sum_over_processes)
+        return dict(roll, values=values * mask, advantages=advantages, returns=returns, kl=kl)
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Score the policy on the held-out prompts (`eval_dataset`, by default the trainer's): one response each,
+        sampled as in training but from a fixed per-prompt stream (`EVAL_EPOCH`), so two evaluations differ only by
+        the policy. Returns, logs and reports to the callbacks (`on_evaluate`):
+        - `<prefix>/score_mean`: the mean raw reward-model score of those responses;
+        - `<prefix>/kl`: the mean over responses of their KL to the reference, the sum over response tokens of
+          logp - logp_ref (as `objective/kl`; an estimate of KL(policy || reference), the responses being sampled
+          from the policy).
+
+        Several processes share the prompts as in training: each global batch of `per_device_eval_batch_size x
+        processes` prompts is collated whole and split, the last one filled up with repeats that count zero, so
+        every process runs as many forward passes (FSDP2's gathers are collectives); the means are global."""
+        args = self.args
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("PPOTrainer: evaluation requires an eval_dataset")
+        per_process = args.per_device_eval_batch_size
+        size = per_process * args.world_size
+        mine = slice(args.process_index * per_process, (args.process_index + 1) * per_process)
+        totals = torch.zeros(3, dtype=torch.float64)  # score sum, KL sum, responses
+        for start in range(0, len(dataset), size):
+            real = list(range(start, min(start + size, len(dataset))))
+            # Repeats of a prompt already in the batch: the left padding stays what the real prompts need.
+            filled = real + real[:1] * (size - len(real))
+            weight = torch.tensor([1.0] * len(real) + [0.0] * (size - len(real)), dtype=torch.float64)[mine]
+            batch = self.data_collator([dataset[i] for i in filled])
+            roll = self.sample_and_score(
+                {key: value[mine] for key, value in batch.items()},
+                [prompt_seed(args.seed, EVAL_EPOCH, i) for i in filled[mine]],
+            )
+            kl = (roll["logprobs"] - roll["ref_logprobs"]).sum(1).double().cpu()
+            totals += torch.stack([(roll["scores"].double().cpu() * weight).sum(), (kl * weight).sum(), weight.sum()])
+        score_sum, kl_sum, count = sum_over_processes(totals.to(args.device)).tolist()
+        metrics = {f"{metric_key_prefix}/score_mean": score_sum / count, f"{metric_key_prefix}/kl": kl_sum / count}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    def _track_best_metric(self, metrics: dict[str, float]) -> None:
+        """Trainer's own update of `state.best_metric` (which early stopping compares with), after the callbacks saw
+        the evaluation, as in Trainer's loop. It looks the metric up as `eval_<name>`, so it gets it under that key."""
+        name = self.args.metric_for_best_model
+        if name is not None:
+            value = metrics[followed_metric(name, metrics)]
+            self._determine_best_metric({name if name.startswith("eval_") else f"eval_{name}": value}, None)
 
     # --------------------------------------------------------------------------------------------- update
     def ppo_update(self, roll: dict) -> dict:
@@ -405,6 +467,8 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
                 if step == 1 or step % args.logging_steps == 0 or step == total_steps:
                     self.log(self._metrics(stats, episode, losses[-1]))
+                if args.eval_strategy == IntervalStrategy.STEPS and step % int(args.eval_steps) == 0:
+                    self._track_best_metric(self.evaluate())
                 if args.save_steps and args.save_steps > 0 and step % args.save_steps == 0 and step < total_steps:
                     self._save_checkpoint_dir(step, episode)
                 if self.control.should_training_stop:
@@ -476,6 +540,8 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
                     "global_step": step,
                     "episode": episode,
                     "kl_coef": self.kl.value,
+                    "best_metric": self.state.best_metric,
+                    "best_global_step": self.state.best_global_step,
                     "log_history": self.state.log_history,
                 }
                 (staged / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -513,6 +579,8 @@ class PPOTrainer(ShardedLaunchMixin, RoutingMixin, NonFiniteGuardMixin, Trainer)
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.kl.value = state["kl_coef"]
         self.state.global_step = state["global_step"]
+        # Absent from the checkpoints of older forge_trl versions.
+        self.state.best_metric, self.state.best_global_step = state.get("best_metric"), state.get("best_global_step")
         self.state.log_history = state["log_history"]
         log.info("PPO: resumed from %s at step %d", directory, state["global_step"])
         self.models.policy.set_adapter(POLICY)
