@@ -118,26 +118,40 @@ CASES = {
 }
 
 
-def _run_case(name: str, case_dir: Path):
+# Cases run through the real command line (a fresh `python -m forge_trl` each): one per kind of failure (data file,
+# config key, model/injection fit, data after tokenizing). The rest run the same code in this process: the CLI's
+# mapping of any ForgeError to one line and exit 2 is the same for all of them, and a fresh process costs ~7 s.
+THROUGH_CLI = ("broken_json", "unknown_key", "native_moe_on_dense", "all_rows_truncated")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _case_args(name: str, case_dir: Path) -> list[str]:
     content, overrides, _ = CASES[name]
     args = [f"output_dir={case_dir / 'run'}", "task.max_steps=2", *overrides]
     if content is not None:
         (case_dir / "data.jsonl").write_text(content, encoding="utf-8")
         args.append(f"data.path={case_dir / 'data.jsonl'}")
-    return run_cli(*args, cwd=case_dir if name != "not_a_model_dir" else None)
+    return args
+
+
+def _case_cwd(name: str, case_dir: Path) -> Path:
+    return REPO if name == "not_a_model_dir" else case_dir  # '.' must be a directory without config.json
 
 
 @pytest.fixture(scope="module")
 def case_results(tmp_path_factory) -> dict:
-    """Every case's CLI run, two at a time: each is a fresh `python -m forge_trl` whose time is mostly its imports
-    (one core each), so the machine's two cores run them side by side. Returns name -> (directory, result)."""
-    dirs = {name: tmp_path_factory.mktemp(name) for name in CASES}
+    """The command-line cases, two at a time: each is a fresh `python -m forge_trl` whose time is mostly its
+    imports (one core each), so the machine's two cores run them side by side. Returns name -> (dir, result)."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in THROUGH_CLI}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run_case, name, dirs[name]) for name in CASES}
+        futures = {
+            name: pool.submit(lambda n: run_cli(*_case_args(n, dirs[n]), cwd=_case_cwd(n, dirs[n])), name)
+            for name in THROUGH_CLI
+        }
         return {name: (dirs[name], future.result()) for name, future in futures.items()}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", THROUGH_CLI)
 def test_bad_input_gives_one_line_error_and_exit_2(name, case_results):
     _, _, fragment = CASES[name]
     tmp_path, result = case_results[name]
@@ -146,6 +160,23 @@ def test_bad_input_gives_one_line_error_and_exit_2(name, case_results):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("forge_trl:")]
     assert len(error_lines) == 1, result.stderr[-2000:]
     assert fragment in error_lines[0], error_lines[0]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - set(THROUGH_CLI)))
+def test_bad_input_stops_before_training_with_one_line_naming_it(name, tmp_path, monkeypatch):
+    from forge_trl.commands.compose import compose, precheck
+    from forge_trl.errors import ForgeError
+    from forge_trl.train import run
+
+    _, _, fragment = CASES[name]
+    args = _case_args(name, tmp_path)
+    monkeypatch.chdir(_case_cwd(name, tmp_path))
+    with pytest.raises(ForgeError) as error:
+        precheck(args)  # what the CLI checks before Hydra starts
+        run(compose(args))
+    line = error.value.one_line()
+    assert fragment in line and "\n" not in line, line
     assert not (tmp_path / "run" / "final").exists()
 
 

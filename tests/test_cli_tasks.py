@@ -27,7 +27,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(CASES))
+# SFT and DPO run in `make test`; the others train in-process in tests/test_contracts.py and here only in
+# `make test-all` (each fresh process costs ~10 s of imports).
+FAST = ("sft", "dpo")
+
+
+@pytest.mark.parametrize("task", [pytest.param(t, marks=() if t in FAST else pytest.mark.slow) for t in sorted(CASES)])
 def test_task_runs_from_cli_and_loss_falls(task, tmp_path):
     out = tmp_path / task
     result = run_cli(f"task={task}", f"output_dir={out}", *SHORT, *CASES[task], "task.per_device_train_batch_size=4")

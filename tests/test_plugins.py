@@ -65,6 +65,7 @@ def forge(plugin_dir, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # registration and presets of a plugin are in make test (the --help test)
 def test_a_plugin_task_trains_chained_from_sft_with_that_checkpoint_as_reference(plugin_dir, tmp_path):
     sft = run(
         compose(

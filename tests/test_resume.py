@@ -208,6 +208,7 @@ def ppo_chain(tmp_path_factory):
     return sft, rm
 
 
+@pytest.mark.slow  # PPO resume itself is in make test: tests/test_ppo.py::test_ppo_resume_from_a_checkpoint_...
 def test_ppo_killed_mid_run_resumes_to_the_same_weights(ppo_chain, tmp_path):
     sft, rm = ppo_chain
     ppo = [

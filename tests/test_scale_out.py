@@ -304,6 +304,7 @@ def test_killing_the_whole_job_mid_run_then_resuming_equals_an_uninterrupted_run
 
 
 # ------------------------------------------------------------------------------------------- multi-node
+@pytest.mark.slow  # the one-node FSDP2 equality tests above run in make test
 def test_two_node_loopback_launch_trains_like_one_process(tmp_path, one_process_sft):
     """2 machines x 1 process on 127.0.0.1 (conf/accelerate/multinode.yaml): the same launch command a cluster
     would run on each node, with --machine_rank 0 and 1."""

@@ -87,8 +87,31 @@ class Announcement:
         return found["base_url"], found["model"]
 
 
+def bench_responses(final: Path, tmp_path: Path, base_url: str, model_name: str) -> dict[str, list[str]]:
+    """Responses of one bench run over the checkpoint and the server (bench.targets), per target label."""
+    from forge_trl.bench.runner import run_bench
+    from forge_trl.config.bench import ApiTarget, BenchConfig
+
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": PROMPT}) + "\n", encoding="utf-8")
+    pair = {"prompt": PROMPT, "chosen": "Hi.", "rejected": "Go away."}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(pair) + "\n", encoding="utf-8")
+    cfg = BenchConfig(
+        prompts=str(tmp_path / "prompts.jsonl"),
+        pairs=str(tmp_path / "pairs.jsonl"),
+        max_new_tokens=8,
+        plots=False,
+        targets=[ApiTarget(base_url=base_url, model=model_name, name="served")],
+    )
+    run_bench([str(final)], cfg, tmp_path / "bench")
+    responses: dict[str, list[str]] = {}
+    for line in (tmp_path / "bench" / "bench_results.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        responses.setdefault(record["target"], []).append(record["response"])
+    return responses
+
+
 @needs_server
-def test_served_checkpoint_answers_an_openai_client_as_the_bench_does_and_stops_on_sigterm(final):
+def test_served_checkpoint_answers_an_openai_client_as_the_bench_does_and_stops_on_sigterm(final, tmp_path):
     from openai import OpenAI
 
     from forge_trl.bench.metrics import generate
@@ -122,6 +145,8 @@ def test_served_checkpoint_answers_an_openai_client_as_the_bench_does_and_stops_
         )
         assert reply.choices[0].message.content == expected
         assert reply.usage.completion_tokens <= 8
+        # forge's bench with the served model as an API target answers each prompt as it does for the checkpoint.
+        assert bench_responses(final, tmp_path, base_url, model_name) == {"served": [expected], "sft": [expected]}
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
